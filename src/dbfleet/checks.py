@@ -1,0 +1,227 @@
+"""System checks: every id is listed in the README and never reused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import models, router
+
+from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
+from dbfleet.routing import Router
+from dbfleet.topology import Topology, split_route_key
+
+TAG = "dbfleet"
+
+
+@register(TAG)
+def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001-E004, E007-E011: problems found while reading ``DBFLEET``."""
+    return list(fleet_settings().problems)
+
+
+@register(TAG, Tags.models)
+def check_route_targets(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E005, E006, E016: every route names an installed app or a concrete model."""
+    errors: list[CheckMessage] = []
+    labels = [config.label for config in apps.get_app_configs()]
+    for key in fleet_settings().routes:
+        app_label, model_name = split_route_key(key)
+        where = f'DBFLEET["ROUTES"][{key!r}]'
+        try:
+            app_config = apps.get_app_config(app_label)
+        except LookupError:
+            errors.append(
+                Error(
+                    f"{where} names app {app_label!r}, which is not installed.",
+                    hint="Route an app label from INSTALLED_APPS (an AppConfig's label, "
+                    f"not its module path).{did_you_mean(app_label, labels)}",
+                    obj=OBJ,
+                    id="dbfleet.E005",
+                )
+            )
+            continue
+        if model_name is None:
+            continue
+        try:
+            model = app_config.get_model(model_name)
+        except LookupError:
+            names = [model._meta.object_name or "" for model in app_config.get_models()]
+            errors.append(
+                Error(
+                    f"{where} names model {key.partition('.')[2]!r}, which app {app_label!r} "
+                    "does not have.",
+                    hint=f"Models of {app_label!r}: {', '.join(sorted(names)) or 'none'}."
+                    + did_you_mean(key.partition(".")[2], names),
+                    obj=OBJ,
+                    id="dbfleet.E006",
+                )
+            )
+            continue
+        if model._meta.proxy:
+            concrete = model._meta.concrete_model
+            assert concrete is not None
+            errors.append(
+                Error(
+                    f"{where} routes proxy model {model._meta.label!r}; a proxy shares its "
+                    f"table with {concrete._meta.label!r} and always lives where it does.",
+                    hint=f'Route "{concrete._meta.label}" instead, or remove this route.',
+                    obj=OBJ,
+                    id="dbfleet.E016",
+                )
+            )
+    return errors
+
+
+def _router_path(instance: object) -> str:
+    return f"{type(instance).__module__}.{type(instance).__qualname__}"
+
+
+@register(TAG)
+def check_router_installed(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E012, E013: ``dbfleet.Router`` is installed and no earlier router overrides it."""
+    if not fleet_settings().configured:
+        return []
+    routers = router.routers
+    position = next((i for i, r in enumerate(routers) if isinstance(r, Router)), None)
+    if position is None:
+        return [
+            Error(
+                "DBFLEET is set but dbfleet.Router is not in DATABASE_ROUTERS, so no route "
+                "is applied.",
+                hint='Add "dbfleet.Router" to DATABASE_ROUTERS, first unless another router '
+                "must decide before it.",
+                obj="settings.DATABASE_ROUTERS",
+                id="dbfleet.E012",
+            )
+        ]
+    topology = get_topology()
+    errors: list[CheckMessage] = []
+    for earlier in routers[:position]:
+        for model in apps.get_models():
+            overridden = _overridden(earlier, model, topology)
+            if overridden:
+                errors.append(
+                    Error(
+                        f"{_router_path(earlier)} comes before dbfleet.Router in "
+                        f"DATABASE_ROUTERS and {overridden}",
+                        hint='Put "dbfleet.Router" first in DATABASE_ROUTERS, or make '
+                        f"{_router_path(earlier)} return None for models dbfleet routes.",
+                        obj=model,
+                        id="dbfleet.E013",
+                    )
+                )
+    return errors
+
+
+def _overridden(earlier: Any, model: type[models.Model], topology: Topology) -> str:
+    """How ``earlier`` contradicts dbfleet for ``model``, or ``""``."""
+    expected = topology.models[model]
+    if expected is None:
+        return ""
+    for method in ("db_for_read", "db_for_write"):
+        answer = getattr(earlier, method, None) and getattr(earlier, method)(model)
+        if answer is not None and answer != expected:
+            return f"its {method}() sends {model._meta.label} to {answer!r}, not {expected!r}."
+    return ""
+
+
+def _relations(model: type[models.Model]) -> Iterator[tuple[models.Field[Any, Any], Any]]:
+    """(field, related model) for each relation stored with ``model``."""
+    for field in (*model._meta.local_fields, *model._meta.local_many_to_many):
+        related = field.related_model
+        if not field.is_relation or not isinstance(related, type):
+            continue
+        if field.many_to_many and not field.remote_field.through._meta.auto_created:  # type: ignore[union-attr]
+            continue  # An explicit through model holds the foreign keys; it is checked itself.
+        yield field, related
+
+
+def _is_auth_to_contenttypes(model: type[models.Model], related: type[models.Model]) -> bool:
+    return model._meta.app_label == "auth" and related._meta.app_label == "contenttypes"
+
+
+@register(TAG, Tags.models)
+def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E014, W002: relations between models in different groups; E015: auth vs contenttypes."""
+    topology = get_topology()
+    errors: list[CheckMessage] = []
+    for model in apps.get_models():
+        if model._meta.proxy:
+            continue
+        here = topology.database_for_model(model)
+        for field, related in _relations(model):
+            there = topology.database_for_model(related)
+            if topology.same_group(here, there):
+                continue
+            if _is_auth_to_contenttypes(model, related):
+                errors.append(
+                    Error(
+                        f"auth lives in {here!r} and contenttypes in {there!r}: auth's "
+                        "permissions refer to content types, and both are created together "
+                        "by migrate's post_migrate handlers.",
+                        hint=f'Route "auth" and "contenttypes" to one database, e.g. '
+                        f'"contenttypes": {here!r} in DBFLEET["ROUTES"].',
+                        obj=field,
+                        id="dbfleet.E015",
+                    )
+                )
+                continue
+            where = (
+                f"{model._meta.label}.{field.name} relates {model._meta.label} (database "
+                f"{here!r}) to {related._meta.label} (database {there!r})"
+            )
+            if getattr(field, "db_constraint", True):
+                errors.append(
+                    Error(
+                        f"{where}; a foreign key constraint cannot span two databases.",
+                        hint=f"Route {model._meta.label} and {related._meta.label} to one "
+                        "database, or make the relation soft: db_constraint=False, assigned "
+                        f"by id ({field.name}_id = ...), or a plain {field.name}_id field.",
+                        obj=field,
+                        id="dbfleet.E014",
+                    )
+                )
+            else:
+                errors.append(
+                    Warning(
+                        f"{where}; without a constraint it can be read, but dbfleet.Router "
+                        "refuses assigning an instance across databases, and joins across "
+                        "it (select_related, filters on its fields) fail.",
+                        hint=f"Assign it by id ({field.name}_id = obj.pk) and query each side "
+                        "on its own, or route both models to one database.",
+                        obj=field,
+                        id="dbfleet.W002",
+                    )
+                )
+    return errors
+
+
+@register(TAG)
+def check_replica_mirrors(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W001: in tests a replica should mirror its primary, as Django's TEST["MIRROR"] does."""
+    warnings: list[CheckMessage] = []
+    for primary, replicas in fleet_settings().replicas.items():
+        for replica in replicas:
+            test_settings = settings.DATABASES[replica.alias].get("TEST") or {}
+            if test_settings.get("MIRROR") != primary:
+                warnings.append(
+                    Warning(
+                        f"Replica {replica.alias!r} does not mirror {primary!r} in tests: "
+                        "the test runner would create it as a separate, empty database.",
+                        hint=f'Set DATABASES[{replica.alias!r}]["TEST"] = '
+                        f'{{"MIRROR": {primary!r}}}.',
+                        obj="settings.DATABASES",
+                        id="dbfleet.W001",
+                    )
+                )
+    return warnings

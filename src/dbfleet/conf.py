@@ -1,0 +1,289 @@
+"""Read and validate ``settings.DBFLEET``; build and cache the topology.
+
+Parsing never raises: every problem becomes a system check message (reported by
+``manage.py check`` and before ``runserver``/``migrate``) and the bad entry is
+left out, so a typo shows up as a check error with a hint, not as a traceback
+at the first query.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.checks import CheckMessage, Error
+from django.core.signals import setting_changed
+from django.db import DEFAULT_DB_ALIAS
+from django.dispatch import receiver
+
+from dbfleet.topology import Replica, Topology
+
+KNOWN_KEYS = ("DEFAULT_DATABASE", "REPLICAS", "ROUTES")
+ROUTE_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", re.ASCII)
+OBJ = "settings.DBFLEET"
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The valid part of ``settings.DBFLEET`` and what was wrong with the rest."""
+
+    configured: bool = False
+    default_database: str = DEFAULT_DB_ALIAS
+    routes: Mapping[str, str] = field(default_factory=dict)
+    replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
+    problems: tuple[CheckMessage, ...] = ()
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """``" Did you mean 'x'?"`` for a close match, else ``""``."""
+    if isinstance(value, str):
+        matches = difflib.get_close_matches(value, list(choices), n=1)
+        if matches:
+            return f" Did you mean {matches[0]!r}?"
+    return ""
+
+
+def _choices(databases: Collection[str]) -> str:
+    return ", ".join(repr(alias) for alias in sorted(databases))
+
+
+def parse(raw: object, databases: Collection[str]) -> FleetSettings:
+    """Validate a ``DBFLEET`` value against the aliases in ``DATABASES``."""
+    if raw is None:
+        return FleetSettings()
+    if not isinstance(raw, Mapping):
+        return FleetSettings(
+            configured=True,
+            problems=(
+                Error(
+                    f"DBFLEET must be a dict, not {type(raw).__name__}.",
+                    hint='Set DBFLEET = {"ROUTES": {"app_label": "alias"}}, or remove it.',
+                    obj=OBJ,
+                    id="dbfleet.E001",
+                ),
+            ),
+        )
+
+    problems: list[CheckMessage] = [
+        Error(
+            f"DBFLEET has an unknown key {key!r}.",
+            hint=f"Valid keys: {', '.join(KNOWN_KEYS)}.{did_you_mean(key, KNOWN_KEYS)}",
+            obj=OBJ,
+            id="dbfleet.E002",
+        )
+        for key in raw
+        if key not in KNOWN_KEYS
+    ]
+
+    default_database = raw.get("DEFAULT_DATABASE", DEFAULT_DB_ALIAS)
+    if not isinstance(default_database, str) or default_database not in databases:
+        problems.append(
+            Error(
+                f'DBFLEET["DEFAULT_DATABASE"] is {default_database!r}, which is not in DATABASES.',
+                hint=f"Use one of {_choices(databases)}."
+                + did_you_mean(default_database, databases),
+                obj=OBJ,
+                id="dbfleet.E007",
+            )
+        )
+        default_database = DEFAULT_DB_ALIAS
+
+    replicas = _parse_replicas(raw.get("REPLICAS", {}), databases, problems)
+    replica_aliases = {replica.alias for found in replicas.values() for replica in found}
+    routes = _parse_routes(raw.get("ROUTES", {}), databases, replica_aliases, problems)
+    if default_database in replica_aliases:
+        problems.append(
+            Error(
+                f'DBFLEET["DEFAULT_DATABASE"] is {default_database!r}, which is a replica.',
+                hint="Replicas are never written to; make DEFAULT_DATABASE a primary database.",
+                obj=OBJ,
+                id="dbfleet.E011",
+            )
+        )
+        default_database = DEFAULT_DB_ALIAS
+    return FleetSettings(
+        configured=True,
+        default_database=default_database,
+        routes=routes,
+        replicas=replicas,
+        problems=tuple(problems),
+    )
+
+
+def _parse_routes(
+    raw: object,
+    databases: Collection[str],
+    replica_aliases: Collection[str],
+    problems: list[CheckMessage],
+) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        problems.append(
+            Error(
+                f'DBFLEET["ROUTES"] must be a dict, not {type(raw).__name__}.',
+                hint='Map app labels or "app_label.Model" to database aliases: '
+                '{"books": "books", "library.Loan": "loans"}.',
+                obj=OBJ,
+                id="dbfleet.E003",
+            )
+        )
+        return {}
+    routes: dict[str, str] = {}
+    for key, alias in raw.items():
+        where = f'DBFLEET["ROUTES"][{key!r}]'
+        if not isinstance(key, str) or not ROUTE_KEY.fullmatch(key) or not isinstance(alias, str):
+            problems.append(
+                Error(
+                    f"{where} = {alias!r} is not a route.",
+                    hint='A route maps an app label ("books") or a model ("books.Book") '
+                    'to a database alias ("books").',
+                    obj=OBJ,
+                    id="dbfleet.E003",
+                )
+            )
+        elif alias not in databases:
+            problems.append(
+                Error(
+                    f"{where} names database {alias!r}, which is not in DATABASES.",
+                    hint=f"Use one of {_choices(databases)}, or add {alias!r} to DATABASES."
+                    + did_you_mean(alias, databases),
+                    obj=OBJ,
+                    id="dbfleet.E004",
+                )
+            )
+        elif alias in replica_aliases:
+            problems.append(
+                Error(
+                    f"{where} routes to {alias!r}, which is a replica.",
+                    hint="Route to the primary; reads go to its replicas by themselves.",
+                    obj=OBJ,
+                    id="dbfleet.E011",
+                )
+            )
+        else:
+            routes[key] = alias
+    return routes
+
+
+def _parse_replicas(
+    raw: object, databases: Collection[str], problems: list[CheckMessage]
+) -> dict[str, tuple[Replica, ...]]:
+    def malformed(what: str) -> None:
+        problems.append(
+            Error(
+                f'DBFLEET["REPLICAS"]{what}.',
+                hint="Map each primary to a list of replica aliases, each an alias or "
+                '{"alias": "replica2", "weight": 2} with a positive whole weight: '
+                '{"default": ["replica1", {"alias": "replica2", "weight": 2}]}.',
+                obj=OBJ,
+                id="dbfleet.E008",
+            )
+        )
+
+    def unknown(alias: str, role: str) -> None:
+        problems.append(
+            Error(
+                f'DBFLEET["REPLICAS"] names {role} {alias!r}, which is not in DATABASES.',
+                hint=f"Use one of {_choices(databases)}, or add {alias!r} to DATABASES."
+                + did_you_mean(alias, databases),
+                obj=OBJ,
+                id="dbfleet.E009",
+            )
+        )
+
+    if not isinstance(raw, Mapping):
+        malformed(f" must be a dict, not {type(raw).__name__}")
+        return {}
+    seen: dict[str, str] = {}
+    replicas: dict[str, tuple[Replica, ...]] = {}
+    for primary, entries in raw.items():
+        if not isinstance(primary, str):
+            malformed(f" has a key {primary!r} that is not a database alias")
+            continue
+        if primary not in databases:
+            unknown(primary, "primary")
+            continue
+        if not isinstance(entries, list | tuple):
+            malformed(f"[{primary!r}] must be a list, not {type(entries).__name__}")
+            continue
+        found: list[Replica] = []
+        for entry in entries:
+            replica = _parse_replica(entry)
+            if replica is None:
+                malformed(f"[{primary!r}] has an entry {entry!r} that is not a replica")
+            elif replica.alias not in databases:
+                unknown(replica.alias, "replica")
+            elif replica.alias in seen:
+                problems.append(
+                    Error(
+                        f"Replica {replica.alias!r} is listed under {seen[replica.alias]!r} "
+                        f'and again under {primary!r} in DBFLEET["REPLICAS"].',
+                        hint="A replica copies exactly one primary; keep it under that one.",
+                        obj=OBJ,
+                        id="dbfleet.E010",
+                    )
+                )
+            else:
+                seen[replica.alias] = primary
+                found.append(replica)
+        replicas[primary] = tuple(found)
+    for primary in list(replicas):
+        if primary in seen:
+            problems.append(
+                Error(
+                    f"{primary!r} is a replica of {seen[primary]!r} and also has replicas "
+                    'in DBFLEET["REPLICAS"].',
+                    hint=f"List every replica under the primary it copies, {seen[primary]!r}; "
+                    "chained replicas are not supported.",
+                    obj=OBJ,
+                    id="dbfleet.E011",
+                )
+            )
+            del replicas[primary]
+    return replicas
+
+
+def _parse_replica(entry: object) -> Replica | None:
+    if isinstance(entry, str):
+        return Replica(entry)
+    if not isinstance(entry, Mapping) or set(entry) - {"alias", "weight"}:
+        return None
+    alias, weight = entry.get("alias"), entry.get("weight", 1)
+    if not isinstance(alias, str) or type(weight) is not int or weight < 1:
+        return None
+    return Replica(alias, weight)
+
+
+@functools.cache
+def fleet_settings() -> FleetSettings:
+    """The parsed ``settings.DBFLEET``, cached until a setting it reads changes."""
+    return parse(getattr(settings, "DBFLEET", None), tuple(settings.DATABASES))
+
+
+@functools.cache
+def get_topology() -> Topology:
+    """The fleet's topology, cached until ``DBFLEET``, ``DATABASES`` or the apps change."""
+    config = fleet_settings()
+    return Topology.build(
+        databases=settings.DATABASES,
+        default_database=config.default_database,
+        routes=config.routes,
+        replicas=config.replicas,
+        models=apps.get_models(include_auto_created=True),
+    )
+
+
+def reset() -> None:
+    fleet_settings.cache_clear()
+    get_topology.cache_clear()
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"DBFLEET", "DATABASES", "INSTALLED_APPS"}:
+        reset()

@@ -1,0 +1,208 @@
+"""The fleet as plain data: databases, groups and routes, with pure lookups.
+
+Nothing here opens a connection or reads a setting: ``conf`` builds a
+``Topology`` from the settings and the app registry, and everything else asks
+it questions. Lookups that run on every query are single dictionary reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS
+
+
+@dataclass(frozen=True)
+class Replica:
+    alias: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Group:
+    """A primary database and the replicas that copy it."""
+
+    primary: str
+    replicas: tuple[Replica, ...] = ()
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return (self.primary, *(replica.alias for replica in self.replicas))
+
+
+def split_route_key(key: str) -> tuple[str, str | None]:
+    """Split a ROUTES key into (app_label, lowercased model name or None)."""
+    app_label, _, model_name = key.partition(".")
+    return app_label, (model_name.lower() or None)
+
+
+class _LabelTable(dict[str, str | None]):
+    """``label_lower -> router answer``, filled on first use.
+
+    Historical models (migrations) and models registered after the build are
+    looked up by label, so they route exactly like the installed model.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__()
+        self._topology = topology
+
+    def __missing__(self, label: str) -> str | None:
+        app_label, _, model_name = label.partition(".")
+        topology = self._topology
+        alias = topology.route_for(app_label, model_name) or topology.unrouted_answer
+        self[label] = alias
+        return alias
+
+
+class _ModelTable(dict[type, str | None]):
+    """``model class -> alias`` for installed models; other classes go by label.
+
+    Classes that were not present at build time are not stored: migrations make
+    new historical classes on every state render and keeping them alive would
+    keep whole app registries alive.
+    """
+
+    def __init__(self, labels: _LabelTable) -> None:
+        super().__init__()
+        self._labels = labels
+
+    def __missing__(self, model: type) -> str | None:
+        return self._labels[owner_label(model)]
+
+
+def owner_label(model: Any) -> str:
+    """The label of the model whose table ``model`` reads and writes.
+
+    A proxy shares its concrete model's table and an auto-created many-to-many
+    through model lives with the model that declares the field.
+    """
+    opts = model._meta
+    if isinstance(opts.auto_created, type):
+        opts = opts.auto_created._meta
+    label: str = opts.concrete_model._meta.label_lower
+    return label
+
+
+@dataclass(frozen=True, eq=False)
+class Topology:
+    """Databases, groups and routes; built once per settings change.
+
+    ``models`` and ``labels`` map a model to the router's answer for it: its
+    route, else ``unrouted_answer``.
+    """
+
+    databases: tuple[str, ...]
+    default_database: str
+    model_routes: Mapping[str, str]
+    app_routes: Mapping[str, str]
+    groups: Mapping[str, Group]
+    group_of: Mapping[str, str]
+    #: Where unhinted migration operations of each known app run.
+    app_operations: Mapping[str, str]
+    #: Apps whose models live in more than one database.
+    split_apps: frozenset[str]
+    #: What the router answers for an unrouted model: no opinion (None) while
+    #: ``DEFAULT_DATABASE`` is Django's own default, else that database.
+    unrouted_answer: str | None
+    labels: _LabelTable = field(init=False, repr=False)
+    models: _ModelTable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        labels = _LabelTable(self)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "models", _ModelTable(labels))
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        databases: Iterable[str],
+        default_database: str,
+        routes: Mapping[str, str],
+        replicas: Mapping[str, Iterable[Replica]],
+        models: Iterable[Any] = (),
+    ) -> Topology:
+        """Build a topology; ``models`` are the installed model classes."""
+        databases = tuple(databases)
+        model_routes: dict[str, str] = {}
+        app_routes: dict[str, str] = {}
+        for key, alias in routes.items():
+            app_label, model_name = split_route_key(key)
+            if model_name is None:
+                app_routes[app_label] = alias
+            else:
+                model_routes[f"{app_label}.{model_name}"] = alias
+
+        replica_groups = {
+            primary: Group(primary, tuple(found)) for primary, found in replicas.items()
+        }
+        group_of = {alias: alias for alias in databases}
+        for group in replica_groups.values():
+            group_of.update(dict.fromkeys(group.members, group.primary))
+        groups = {
+            alias: replica_groups.get(alias, Group(alias))
+            for alias, primary in group_of.items()
+            if alias == primary
+        }
+
+        topology = cls(
+            databases=databases,
+            default_database=default_database,
+            model_routes=MappingProxyType(model_routes),
+            app_routes=MappingProxyType(app_routes),
+            groups=MappingProxyType(groups),
+            group_of=MappingProxyType(group_of),
+            app_operations=MappingProxyType({}),
+            split_apps=frozenset(),
+            unrouted_answer=None if default_database == DEFAULT_DB_ALIAS else default_database,
+        )
+        homes: dict[str, set[str]] = {}
+        for model in models:
+            label = owner_label(model)
+            topology.models[model] = topology.labels[label]
+            homes.setdefault(model._meta.app_label, set()).add(topology.database_for_label(label))
+        for app_label, alias in app_routes.items():
+            homes.setdefault(app_label, {alias})
+        operations = {
+            app_label: aliases.pop() if len(aliases) == 1 else default_database
+            for app_label, aliases in homes.items()
+        }
+        object.__setattr__(topology, "app_operations", MappingProxyType(operations))
+        object.__setattr__(
+            topology,
+            "split_apps",
+            frozenset(app_label for app_label, aliases in homes.items() if len(aliases) > 1),
+        )
+        return topology
+
+    def route_for(self, app_label: str, model_name: str) -> str | None:
+        """The alias ROUTES sends a model to (a model route beats its app's), or None."""
+        return self.model_routes.get(f"{app_label}.{model_name}", self.app_routes.get(app_label))
+
+    def database_for_label(self, label: str) -> str:
+        """Where the model with this ``app_label.model_name`` lives."""
+        return self.labels[label.lower()] or self.default_database
+
+    def database_for_model(self, model: Any) -> str:
+        """Where a model class lives: its route, else ``DEFAULT_DATABASE``."""
+        return self.models[model] or self.default_database
+
+    def database_for_app_operations(self, app_label: str) -> str:
+        """Where a migration operation of ``app_label`` without hints runs."""
+        app_operations = self.app_operations.get(app_label)
+        if app_operations is not None:
+            return app_operations
+        return self.app_routes.get(app_label, self.default_database)
+
+    def is_replica(self, alias: str) -> bool:
+        return self.group_of.get(alias, alias) != alias
+
+    def primary_of(self, alias: str) -> str:
+        return self.group_of.get(alias, alias)
+
+    def same_group(self, alias1: str, alias2: str) -> bool:
+        return self.primary_of(alias1) == self.primary_of(alias2)

@@ -1,0 +1,15 @@
+from django.db import models
+
+
+class Member(models.Model):
+    name = models.CharField(max_length=100)
+
+
+class Loan(models.Model):
+    member = models.ForeignKey(Member, models.CASCADE, db_constraint=False)
+    book_id = models.BigIntegerField(db_index=True)
+    books_read = models.ManyToManyField("Shelf", blank=True)
+
+
+class Shelf(models.Model):
+    label = models.CharField(max_length=20)

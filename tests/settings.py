@@ -1,0 +1,62 @@
+"""Settings for the test suite.
+
+``DBFLEET_TEST_DATABASES`` picks the engines behind the aliases:
+
+- ``sqlite`` (default): every alias on SQLite; no server needed.
+- ``postgres`` / ``mysql``: every alias on that server.
+- ``mixed``: ``default`` on PostgreSQL, ``books`` on MariaDB, ``loans`` on SQLite.
+
+Servers are found at ``DBFLEET_TEST_POSTGRES_URL`` (default
+``postgres://postgres@127.0.0.1:5432``) and ``DBFLEET_TEST_MYSQL_URL`` (default
+``mysql://root@127.0.0.1:3306``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dj_database_url
+
+CONFIGURATION = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
+POSTGRES_URL = os.environ.get("DBFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+MYSQL_URL = os.environ.get("DBFLEET_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+ENGINES = {
+    "sqlite": {"default": "sqlite", "books": "sqlite", "loans": "sqlite"},
+    "postgres": {"default": "postgres", "books": "postgres", "loans": "postgres"},
+    "mysql": {"default": "mysql", "books": "mysql", "loans": "mysql"},
+    "mixed": {"default": "postgres", "books": "mysql", "loans": "sqlite"},
+}[CONFIGURATION]
+
+
+def database(alias: str) -> dict[str, Any]:
+    engine = ENGINES[alias]
+    if engine == "sqlite":
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": f"dbfleet_{alias}.sqlite3"}
+    url = POSTGRES_URL if engine == "postgres" else MYSQL_URL
+    config: dict[str, Any] = dj_database_url.parse(f"{url}/dbfleet_{alias}")
+    if engine == "mysql":
+        config["OPTIONS"] = {"charset": "utf8mb4"}
+        config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+    return config
+
+
+DATABASES = {alias: database(alias) for alias in ENGINES}
+DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+
+DATABASE_ROUTERS = ["dbfleet.Router"]
+DBFLEET = {
+    "ROUTES": {"library.Book": "books", "library.Review": "books", "loans": "loans"},
+    "REPLICAS": {"default": ["replica"]},
+}
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "dbfleet",
+    "tests.library",
+    "tests.loans",
+]
+SECRET_KEY = "dbfleet-tests"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
