@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import models, router
+from django.apps import apps
+from django.db import connections, models, router
 
-from dbfleet.conf import get_topology
+from dbfleet.conf import fleet_settings, get_topology
+from dbfleet.topology import owner_label, split_route_key
 
 
 class Router:
@@ -69,3 +72,69 @@ def database_for(model_or_instance: type[models.Model] | models.Model, write: bo
     if write:
         return router.db_for_write(model, **hints)
     return router.db_for_read(model, **hints)
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A relation from a model to one in another group."""
+
+    field: str
+    to: str
+    database: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one model is read, written and migrated, and why."""
+
+    model: str
+    table: str
+    read: str
+    write: str
+    migrate: tuple[str, ...]
+    decided_by: str
+    crossings: tuple[Crossing, ...]
+
+
+def _decided_by(model: type[models.Model], read: str) -> str:
+    """Which setting (or router) decided where ``model`` lives."""
+    topology = get_topology()
+    label = owner_label(model)
+    app_label, _, model_name = label.partition(".")
+    if read != topology.database_for_label(label):
+        return "another router"
+    for key in fleet_settings().routes:
+        if split_route_key(key) == (app_label, model_name):
+            return f'ROUTES["{key}"]'
+    if app_label in topology.app_routes:
+        return f'ROUTES["{app_label}"]'
+    return "DEFAULT_DATABASE"
+
+
+def routes() -> list[Route]:
+    """The routing table: every installed model and where Django will send it."""
+    topology = get_topology()
+    table = []
+    for model in apps.get_models(include_auto_created=True):
+        read, write = database_for(model), database_for(model, write=True)
+        crossings = tuple(
+            Crossing(field.name, related._meta.label, there)
+            for field in (*model._meta.local_fields, *model._meta.local_many_to_many)
+            if field.is_relation
+            and isinstance(related := field.related_model, type)
+            and not topology.same_group(write, there := database_for(related, write=True))
+        )
+        table.append(
+            Route(
+                model=model._meta.label,
+                table=model._meta.db_table,
+                read=read,
+                write=write,
+                migrate=tuple(
+                    alias for alias in connections if router.allow_migrate_model(alias, model)
+                ),
+                decided_by=_decided_by(model, read),
+                crossings=crossings,
+            )
+        )
+    return sorted(table, key=lambda route: route.model)
