@@ -34,7 +34,7 @@ def database(alias: str) -> dict[str, Any]:
     if engine == "sqlite":
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": f"dbfleet_{alias}.sqlite3"}
     url = POSTGRES_URL if engine == "postgres" else MYSQL_URL
-    config: dict[str, Any] = dj_database_url.parse(f"{url}/dbfleet_{alias}")
+    config: dict[str, Any] = dict(dj_database_url.parse(f"{url}/dbfleet_{alias}"))
     if engine == "mysql":
         config["OPTIONS"] = {"charset": "utf8mb4"}
         config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}

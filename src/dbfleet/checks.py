@@ -218,8 +218,8 @@ def check_replica_mirrors(
                     Warning(
                         f"Replica {replica.alias!r} does not mirror {primary!r} in tests: "
                         "the test runner would create it as a separate, empty database.",
-                        hint=f'Set DATABASES[{replica.alias!r}]["TEST"] = '
-                        f'{{"MIRROR": {primary!r}}}.',
+                        hint=f'Set DATABASES["{replica.alias}"]["TEST"] = '
+                        f'{{"MIRROR": "{primary}"}}.',
                         obj="settings.DATABASES",
                         id="dbfleet.W001",
                     )

@@ -81,7 +81,7 @@ def owner_label(model: Any) -> str:
     through model lives with the model that declares the field.
     """
     opts = model._meta
-    if isinstance(opts.auto_created, type):
+    if opts.auto_created:  # False, or the model that declares the many-to-many field.
         opts = opts.auto_created._meta
     label: str = opts.concrete_model._meta.label_lower
     return label

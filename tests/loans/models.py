@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.db import models
 
 
@@ -5,11 +9,11 @@ class Member(models.Model):
     name = models.CharField(max_length=100)
 
 
+class Shelf(models.Model):
+    label = models.CharField(max_length=20)
+
+
 class Loan(models.Model):
     member = models.ForeignKey(Member, models.CASCADE, db_constraint=False)
     book_id = models.BigIntegerField(db_index=True)
-    books_read = models.ManyToManyField("Shelf", blank=True)
-
-
-class Shelf(models.Model):
-    label = models.CharField(max_length=20)
+    books_read: models.ManyToManyField[Shelf, Any] = models.ManyToManyField(Shelf, blank=True)

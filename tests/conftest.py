@@ -1,0 +1,65 @@
+"""Skip a database configuration whose servers are down, or fail when they must be up.
+
+Servers are required when ``CI`` is set or ``DBFLEET_TEST_SERVERS=require``; then
+a server that cannot be reached fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb"}
+
+
+def servers_required() -> bool:
+    return bool(os.environ.get("CI")) or os.environ.get("DBFLEET_TEST_SERVERS") == "require"
+
+
+def unavailable() -> str | None:
+    """Why this configuration's servers cannot be used, or None when they can."""
+    for alias, config in settings.DATABASES.items():
+        vendor = config["ENGINE"].rsplit(".", 1)[-1]
+        if vendor not in DRIVERS:
+            continue
+        try:
+            importlib.import_module(DRIVERS[vendor])
+        except ImportError as error:
+            return f"{alias!r} needs the {vendor} driver: {error}"
+        address = (config["HOST"], int(config["PORT"]))
+        try:
+            socket.create_connection(address, timeout=3).close()
+        except OSError as error:
+            return f"{alias!r} needs {vendor} at {address[0]}:{address[1]}: {error}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = unavailable()
+    if reason is None:
+        return
+    if servers_required():
+        raise pytest.UsageError(f"{reason} (servers are required because CI is set)")
+    skip = pytest.mark.skip(reason=f"{reason}; set DBFLEET_TEST_SERVERS=require to fail instead")
+    for item in items:
+        item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Close every connection before the test databases are dropped.
+
+    A replica mirrors its primary in tests, so its connection is a second
+    session on the primary's test database; PostgreSQL refuses to drop a
+    database that still has sessions.
+    """
+    yield
+    with django_db_blocker.unblock():
+        connections.close_all()

@@ -1,0 +1,181 @@
+"""Every check id fires on a configuration that provokes it and stays silent otherwise."""
+
+from __future__ import annotations
+
+import re
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.checks import CheckMessage, run_checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES = {"library.Book": "books", "library.Review": "books", "loans": "loans"}
+REPLICAS = {"default": ["replica"]}
+
+
+def problems(**dbfleet: Any) -> list[CheckMessage]:
+    with override_settings(DBFLEET={"ROUTES": ROUTES, "REPLICAS": REPLICAS, **dbfleet}):
+        return run_checks(tags=["dbfleet"])
+
+
+def only(messages: list[CheckMessage], check_id: str) -> CheckMessage:
+    assert [message.id for message in messages] == [check_id], messages
+    return messages[0]
+
+
+def test_correct_configuration_is_silent() -> None:
+    assert problems() == []
+    assert run_checks() == []
+
+
+def test_e001_not_a_dict() -> None:
+    with override_settings(DBFLEET=["books"]):
+        only(run_checks(tags=["dbfleet"]), "dbfleet.E001")
+
+
+def test_e002_unknown_key() -> None:
+    message = only(problems(REPLICA={}), "dbfleet.E002")
+    assert "REPLICA" in message.msg
+
+
+def test_e003_malformed_route() -> None:
+    only(problems(ROUTES={"library.Book.content": "books"}), "dbfleet.E003")
+
+
+def test_e004_route_to_unknown_database() -> None:
+    message = only(problems(ROUTES={**ROUTES, "loans": "loan"}), "dbfleet.E004")
+    assert "'loan'" in message.msg
+    assert message.hint is not None and "'loans'" in message.hint
+
+
+def test_e005_unknown_app() -> None:
+    message = only(problems(ROUTES={**ROUTES, "lons": "loans"}), "dbfleet.E005")
+    assert message.hint is not None and "Did you mean 'loans'?" in message.hint
+
+
+def test_e006_unknown_model() -> None:
+    message = only(problems(ROUTES={**ROUTES, "library.Bok": "books"}), "dbfleet.E006")
+    assert message.hint is not None and "Did you mean 'Book'?" in message.hint
+
+
+def test_e007_unknown_default_database() -> None:
+    only(problems(DEFAULT_DATABASE="main"), "dbfleet.E007")
+
+
+def test_e008_malformed_replicas() -> None:
+    only(problems(REPLICAS={"default": [{"alias": "replica", "weight": -1}]}), "dbfleet.E008")
+
+
+def test_e009_unknown_replica() -> None:
+    only(problems(REPLICAS={"default": ["replica9"]}), "dbfleet.E009")
+
+
+def test_e010_replica_under_two_primaries() -> None:
+    message = only(
+        problems(REPLICAS={"default": ["replica"], "books": ["replica"]}), "dbfleet.E010"
+    )
+    assert "'default'" in message.msg and "'books'" in message.msg
+
+
+def test_e011_routed_to_a_replica() -> None:
+    only(problems(ROUTES={**ROUTES, "loans": "replica"}), "dbfleet.E011")
+
+
+@override_settings(DATABASE_ROUTERS=[])
+def test_e012_router_not_installed() -> None:
+    message = only(problems(), "dbfleet.E012")
+    assert message.hint is not None and '"dbfleet.Router"' in message.hint
+
+
+@override_settings(DATABASE_ROUTERS=[])
+def test_e012_silent_without_dbfleet_setting() -> None:
+    with override_settings(DBFLEET=None):
+        assert run_checks(tags=["dbfleet"]) == []
+
+
+@override_settings(DATABASE_ROUTERS=["tests.routers.EverythingToDefault", "dbfleet.Router"])
+def test_e013_earlier_router_overrides_routes() -> None:
+    messages = problems()
+    assert {message.id for message in messages} == {"dbfleet.E013"}
+    assert sorted(message.obj._meta.label for message in messages) == [
+        "library.Book",
+        "library.BookProxy",
+        "library.Review",
+        "loans.Loan",
+        "loans.Member",
+        "loans.Shelf",
+    ]
+    assert "EverythingToDefault" in messages[0].msg
+
+
+@override_settings(DATABASE_ROUTERS=["tests.routers.Silent", "dbfleet.Router"])
+def test_e013_silent_for_an_earlier_router_without_opinion() -> None:
+    assert problems() == []
+
+
+def test_e014_foreign_key_across_groups() -> None:
+    message = only(problems(ROUTES={**ROUTES, "library.Review": "loans"}), "dbfleet.E014")
+    assert "library.Review.book" in message.msg
+    assert message.hint is not None and "Route library.Review and library.Book" in message.hint
+
+
+def test_e014_many_to_many_across_groups() -> None:
+    message = only(problems(ROUTES={**ROUTES, "loans.Shelf": "default"}), "dbfleet.E014")
+    assert "loans.Loan.books_read" in message.msg
+
+
+def test_e015_auth_and_contenttypes_apart() -> None:
+    message = only(problems(ROUTES={**ROUTES, "contenttypes": "books"}), "dbfleet.E015")
+    assert message.hint is not None and "\"contenttypes\": 'default'" in message.hint
+
+
+def test_e016_route_to_a_proxy() -> None:
+    message = only(problems(ROUTES={**ROUTES, "library.BookProxy": "books"}), "dbfleet.E016")
+    assert message.hint is not None and '"library.Book"' in message.hint
+
+
+def test_w001_replica_does_not_mirror_its_primary() -> None:
+    message = only(problems(REPLICAS={"books": ["replica"]}), "dbfleet.W001")
+    assert message.hint is not None and '{"MIRROR": "books"}' in message.hint
+
+
+def test_w002_soft_foreign_key_across_groups() -> None:
+    message = only(problems(ROUTES={**ROUTES, "loans.Member": "default"}), "dbfleet.W002")
+    assert "loans.Loan.member" in message.msg
+
+
+def test_check_command_reports_errors_with_hints() -> None:
+    with (
+        override_settings(DBFLEET={"ROUTES": {**ROUTES, "library.Book": "bokks"}}),
+        pytest.raises(SystemCheckError) as raised,
+    ):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+    assert "dbfleet.E004" in str(raised.value)
+    assert "HINT: Use one of" in str(raised.value)
+
+
+def test_check_command_passes_a_correct_configuration() -> None:
+    stdout = StringIO()
+    call_command("check", stdout=stdout)
+    assert "no issues" in stdout.getvalue()
+
+
+def ids_in(text: str) -> set[str]:
+    return set(re.findall(r"dbfleet\.[EW]\d{3}", text))
+
+
+def test_check_ids_are_listed_once_in_the_readme_and_each_has_a_test() -> None:
+    source = "".join(path.read_text() for path in (ROOT / "src" / "dbfleet").rglob("*.py"))
+    readme_rows = re.findall(
+        r"^\| `(dbfleet\.[EW]\d{3})` \|", (ROOT / "README.md").read_text(), re.M
+    )
+    assert len(readme_rows) == len(set(readme_rows)), "an id is listed twice"
+    assert set(readme_rows) == ids_in(source)
+    tests = Path(__file__).read_text()
+    for check_id in ids_in(source):
+        assert f"def test_{check_id.split('.')[1].lower()}_" in tests

@@ -1,0 +1,123 @@
+"""Reading DBFLEET: every problem is a check message, never an exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from dbfleet.conf import fleet_settings, get_topology, parse
+from dbfleet.topology import Replica
+
+DATABASES = ("default", "books", "loans", "replica", "replica2")
+
+
+def ids(raw: Any) -> list[str]:
+    return [message.id or "" for message in parse(raw, DATABASES).problems]
+
+
+def test_absent_means_unconfigured_defaults() -> None:
+    config = parse(None, DATABASES)
+    assert not config.configured
+    assert config.default_database == "default"
+    assert dict(config.routes) == {}
+    assert config.problems == ()
+
+
+def test_valid_settings_parse_without_problems() -> None:
+    config = parse(
+        {
+            "ROUTES": {"books": "books", "library.Loan": "loans"},
+            "REPLICAS": {"default": ["replica", {"alias": "replica2", "weight": 2}]},
+            "DEFAULT_DATABASE": "default",
+        },
+        DATABASES,
+    )
+    assert config.problems == ()
+    assert dict(config.routes) == {"books": "books", "library.Loan": "loans"}
+    assert config.replicas == {"default": (Replica("replica"), Replica("replica2", 2))}
+
+
+def test_not_a_dict() -> None:
+    assert ids(["books"]) == ["dbfleet.E001"]
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    (problem,) = parse({"ROUTE": {}}, DATABASES).problems
+    assert problem.id == "dbfleet.E002"
+    assert "'ROUTE'" in problem.msg
+    assert problem.hint is not None and "Did you mean 'ROUTES'?" in problem.hint
+
+
+@pytest.mark.parametrize(
+    "routes",
+    ["books", {"books.Book.x": "books"}, {"": "books"}, {"books": 1}, {3: "books"}],
+)
+def test_malformed_routes(routes: Any) -> None:
+    assert ids({"ROUTES": routes}) == ["dbfleet.E003"]
+
+
+def test_route_to_unknown_database_is_dropped() -> None:
+    config = parse({"ROUTES": {"books": "bokks", "library": "loans"}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E004"]
+    assert config.problems[0].hint is not None
+    assert "Did you mean 'books'?" in config.problems[0].hint
+    assert dict(config.routes) == {"library": "loans"}
+
+
+@pytest.mark.parametrize("default", ["nope", 7])
+def test_unknown_default_database_falls_back_to_default(default: Any) -> None:
+    config = parse({"DEFAULT_DATABASE": default}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E007"]
+    assert config.default_database == "default"
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    [
+        ["replica"],
+        {"default": "replica"},
+        {"default": [3]},
+        {"default": [{"alias": "replica", "weight": 0}]},
+        {"default": [{"alias": "replica", "weight": True}]},
+        {"default": [{"alias": "replica", "lag": 1}]},
+        {1: ["replica"]},
+    ],
+)
+def test_malformed_replicas(replicas: Any) -> None:
+    assert ids({"REPLICAS": replicas}) == ["dbfleet.E008"]
+
+
+def test_unknown_replica_or_primary() -> None:
+    assert ids({"REPLICAS": {"default": ["replca"]}}) == ["dbfleet.E009"]
+    assert ids({"REPLICAS": {"primary": ["replica"]}}) == ["dbfleet.E009"]
+
+
+def test_replica_under_two_primaries_stays_with_the_first() -> None:
+    config = parse({"REPLICAS": {"default": ["replica"], "books": ["replica"]}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E010"]
+    assert config.replicas == {"default": (Replica("replica"),), "books": ()}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"REPLICAS": {"default": ["replica"]}, "ROUTES": {"books": "replica"}},
+        {"REPLICAS": {"default": ["replica"]}, "DEFAULT_DATABASE": "replica"},
+        {"REPLICAS": {"default": ["replica"], "replica": ["replica2"]}},
+    ],
+    ids=["routed-to", "default-database", "chained"],
+)
+def test_replica_used_as_a_primary(raw: Any) -> None:
+    assert ids(raw) == ["dbfleet.E011"]
+
+
+def test_settings_are_cached_and_reset_when_they_change() -> None:
+    before = get_topology()
+    assert get_topology() is before
+    with override_settings(DBFLEET={"ROUTES": {"library": "loans"}}):
+        assert fleet_settings().routes == {"library": "loans"}
+        assert get_topology() is not before
+    assert get_topology() is not before
+    assert get_topology().route_for("library", "book") == "books"

@@ -1,0 +1,104 @@
+"""``manage.py fleet routes``."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+
+def fleet(*args: str, **options: Any) -> tuple[str, str]:
+    stdout, stderr = StringIO(), StringIO()
+    call_command("fleet", *args, stdout=stdout, stderr=stderr, **options)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+def row(output: str, model: str) -> list[str]:
+    (line,) = [line for line in output.splitlines() if line.startswith(model + " ")]
+    return line.split(maxsplit=4)
+
+
+def test_text_table_shows_read_write_migrate_and_reason() -> None:
+    output, errors = fleet("routes")
+    assert errors == ""
+    assert row(output, "library.Book") == [
+        "library.Book",
+        "books",
+        "books",
+        "books",
+        'ROUTES["library.Book"]',
+    ]
+    assert row(output, "library.Author")[1:] == [
+        "default",
+        "default",
+        "default",
+        "DEFAULT_DATABASE",
+    ]
+    assert row(output, "loans.Loan_books_read")[1:] == [
+        "loans",
+        "loans",
+        "loans",
+        'ROUTES["loans"]',
+    ]
+    assert "default (" in output and "replicas: replica" in output
+
+
+def test_json_lists_databases_and_every_model() -> None:
+    output, _ = fleet("routes", format="json")
+    document = json.loads(output)
+    assert {
+        "alias": "default",
+        "vendor": document["databases"][0]["vendor"],
+        "replicas": ["replica"],
+    } in document["databases"]
+    models = {entry["model"]: entry for entry in document["models"]}
+    assert models["library.Review"] == {
+        "model": "library.Review",
+        "table": "library_review",
+        "read": "books",
+        "write": "books",
+        "migrate": ["books"],
+        "decided_by": 'ROUTES["library.Review"]',
+        "crossings": [],
+    }
+
+
+@override_settings(DBFLEET={"ROUTES": {"library.Book": "books", "library.Review": "loans"}})
+def test_relations_crossing_groups_are_marked_and_errors_announced() -> None:
+    output, errors = fleet("routes")
+    assert "library.Review" in output
+    assert "book -> library.Book (books)" in row(output, "library.Review")[4]
+    assert "configuration error(s)" in errors and "check --tag dbfleet" in errors
+    document = json.loads(fleet("routes", format="json")[0])
+    (review,) = [entry for entry in document["models"] if entry["model"] == "library.Review"]
+    assert review["crossings"] == [{"field": "book", "to": "library.Book", "database": "books"}]
+
+
+@override_settings(DATABASE_ROUTERS=["tests.routers.EverythingToDefault", "dbfleet.Router"])
+def test_another_router_deciding_is_shown() -> None:
+    output, _ = fleet("routes")
+    assert row(output, "library.Book")[1:4] == ["default", "default", "books"]
+    assert row(output, "library.Book")[4].startswith("another router")
+
+
+def test_verbosity_zero_prints_only_the_table() -> None:
+    output, _ = fleet("routes", verbosity=0)
+    assert output.splitlines()[0].split() == [
+        "model",
+        "read",
+        "write",
+        "migrate",
+        "decided",
+        "by",
+        "crosses",
+        "groups",
+    ]
+
+
+def test_subcommand_is_required() -> None:
+    with pytest.raises(CommandError, match="routes"):
+        fleet()
