@@ -111,8 +111,7 @@ def test_relations_allowed_only_inside_a_group() -> None:
     assert router.allow_relation(Member(), Loan())
 
 
-def test_every_router_method_answers_from_a_lookup() -> None:
-    # The tables are built once: answers for every installed model are present.
+def test_answers_for_every_installed_model_are_precomputed() -> None:
     from dbfleet.conf import get_topology
 
     topology = get_topology()
@@ -164,6 +163,26 @@ def test_rows_land_in_the_routed_database() -> None:
     assert count("loans", "loans_loan") == 1
     assert book._state.db == "books"
     assert Review.objects.get().book == book
+
+
+def test_related_reads_stay_on_the_instance_database_inside_its_group() -> None:
+    author = Author()
+    author._state.db = "replica"
+    assert router.db_for_read(Author, instance=author) == "replica"
+    book = Book()
+    book._state.db = "replica"  # Another group: the route wins.
+    assert router.db_for_read(Review, instance=book) == "books"
+    loan = Loan()
+    loan._state.db = "loans"
+    assert router.db_for_read(Member, instance=loan) == "loans"
+
+
+@override_settings(DBFLEET={"ROUTES": {"library": "books"}, "REPLICAS": {"books": ["replica"]}})
+def test_related_reads_follow_an_instance_read_from_a_replica() -> None:
+    book = Book()
+    book._state.db = "replica"
+    assert router.db_for_read(Review, instance=book) == "replica"
+    assert router.db_for_read(Review) == "books"
 
 
 def test_relation_across_groups_is_refused() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
@@ -11,7 +11,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import models, router
 
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
-from dbfleet.routing import Router
+from dbfleet.routing import Router, relations
 from dbfleet.topology import Topology, split_route_key
 
 TAG = "dbfleet"
@@ -133,17 +133,6 @@ def _overridden(earlier: Any, model: type[models.Model], topology: Topology) -> 
     return ""
 
 
-def _relations(model: type[models.Model]) -> Iterator[tuple[models.Field[Any, Any], Any]]:
-    """(field, related model) for each relation stored with ``model``."""
-    for field in (*model._meta.local_fields, *model._meta.local_many_to_many):
-        related = field.related_model
-        if not field.is_relation or not isinstance(related, type):
-            continue
-        if field.many_to_many and not field.remote_field.through._meta.auto_created:  # type: ignore[union-attr]
-            continue  # An explicit through model holds the foreign keys; it is checked itself.
-        yield field, related
-
-
 def _is_auth_to_contenttypes(model: type[models.Model], related: type[models.Model]) -> bool:
     return model._meta.app_label == "auth" and related._meta.app_label == "contenttypes"
 
@@ -157,7 +146,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
         if model._meta.proxy:
             continue
         here = topology.database_for_model(model)
-        for field, related in _relations(model):
+        for field, related in relations(model):
             there = topology.database_for_model(related)
             if topology.same_group(here, there):
                 continue

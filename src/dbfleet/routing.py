@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,16 @@ class Router:
     """
 
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
-        return get_topology().models[model]
+        topology = get_topology()
+        alias = topology.models[model]
+        instance = hints.get("instance")
+        if instance is not None and alias is not None:
+            # Related objects are read where their instance was read, as in Django
+            # without routers, as long as that database is in the model's group.
+            db = instance._state.db
+            if db is not None and db != alias and topology.same_group(db, alias):
+                return db  # type: ignore[no-any-return]
+        return alias
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
         return get_topology().models[model]
@@ -74,6 +84,19 @@ def database_for(model_or_instance: type[models.Model] | models.Model, write: bo
     return router.db_for_read(model, **hints)
 
 
+def relations(
+    model: type[models.Model],
+) -> Iterator[tuple[models.Field[Any, Any], type[models.Model]]]:
+    """(field, related model) for each relation whose rows live with ``model``."""
+    for field in (*model._meta.local_fields, *model._meta.local_many_to_many):
+        related = field.related_model
+        if not field.is_relation or not isinstance(related, type):
+            continue
+        if field.many_to_many and not field.remote_field.through._meta.auto_created:  # type: ignore[union-attr]
+            continue  # An explicit through model holds the foreign keys and is listed itself.
+        yield field, related
+
+
 @dataclass(frozen=True)
 class Crossing:
     """A relation from a model to one in another group."""
@@ -119,10 +142,8 @@ def routes() -> list[Route]:
         read, write = database_for(model), database_for(model, write=True)
         crossings = tuple(
             Crossing(field.name, related._meta.label, there)
-            for field in (*model._meta.local_fields, *model._meta.local_many_to_many)
-            if field.is_relation
-            and isinstance(related := field.related_model, type)
-            and not topology.same_group(write, there := database_for(related, write=True))
+            for field, related in relations(model)
+            if not topology.same_group(write, there := database_for(related, write=True))
         )
         table.append(
             Route(
