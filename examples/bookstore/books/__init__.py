@@ -1,0 +1,1 @@
+"""Authors in ``default``, books in ``books``: one app split across two databases."""

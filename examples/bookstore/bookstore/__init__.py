@@ -1,0 +1,1 @@
+"""The bookstore project: one app, two databases."""
