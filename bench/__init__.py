@@ -1,0 +1,1 @@
+"""dbfleet's benchmarks: ``python3 dev.py bench`` runs them all (see README.md)."""

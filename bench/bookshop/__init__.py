@@ -1,0 +1,1 @@
+"""The bookstore's ``Book``, routed to the ``books`` database by the routing benchmark."""

@@ -1,0 +1,92 @@
+"""Run dbfleet's benchmarks; print medians and ratios against the baselines they must beat.
+
+    python3 dev.py bench                        # every benchmark
+    python3 dev.py bench -- --quick             # a smoke test: few rounds, a few seconds
+    python3 dev.py bench -- routing --check     # one benchmark; exit 1 if a target is missed
+
+Each benchmark is a module in bench/ with a one-line docstring and
+``run(quick: bool) -> bool`` (whether its targets were met); list it in BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: name -> module; run in this order.
+BENCHMARKS = {"routing": "bench.routing"}
+
+
+def setup() -> None:
+    """Import the benchmarks as the ``bench`` package and start Django with bench settings."""
+    # Run as a script, Python puts bench/ itself first on sys.path, where a module
+    # named like a library (say bench/rich.py) would shadow it; import from the root.
+    if sys.path and Path(sys.path[0]).resolve() == HERE:
+        del sys.path[0]
+    # src/ first: time the working tree's dbfleet even if the venv installed another.
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+    # The benchmarks need their own settings, whatever the shell has exported.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    import django
+
+    django.setup()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 dev.py bench --", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="name", help=f"benchmarks to run: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke test")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup()
+    import django
+
+    from bench.timing import console
+
+    if args.list:
+        for name, module in BENCHMARKS.items():
+            doc = importlib.import_module(module).__doc__ or ""
+            console.print(doc.strip().splitlines()[0] if doc else name)
+        return 0
+    console.print(
+        f"dbfleet benchmarks, {datetime.date.today()}: Python {platform.python_version()}, "
+        f"Django {django.get_version()}, {os.cpu_count()} CPUs"
+        + (" (--quick: too few rounds to trust the last digit)" if args.quick else "")
+    )
+    started = time.monotonic()
+    missed = [
+        name
+        for name in args.names or BENCHMARKS
+        if not importlib.import_module(BENCHMARKS[name]).run(args.quick)
+    ]
+    elapsed = time.monotonic() - started
+    if missed:
+        console.print(f"[red]Targets missed in: {', '.join(missed)}[/red] ({elapsed:.0f} s)")
+        return 1 if args.check else 0
+    console.print(f"[green]Every target met.[/green] ({elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
