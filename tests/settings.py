@@ -29,12 +29,14 @@ ENGINES = {
 }[CONFIGURATION]
 
 
-def database(alias: str) -> dict[str, Any]:
+def database(alias: str, prefix: str = "dbfleet", directory: str = "") -> dict[str, Any]:
+    """Settings for ``alias`` on its configured engine, named ``{prefix}_{alias}``."""
     engine = ENGINES[alias]
     if engine == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": f"dbfleet_{alias}.sqlite3"}
+        name = os.path.join(directory, f"{prefix}_{alias}.sqlite3")
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
     url = POSTGRES_URL if engine == "postgres" else MYSQL_URL
-    config: dict[str, Any] = dict(dj_database_url.parse(f"{url}/dbfleet_{alias}"))
+    config: dict[str, Any] = dict(dj_database_url.parse(f"{url}/{prefix}_{alias}"))
     if engine == "mysql":
         config["OPTIONS"] = {"charset": "utf8mb4"}
         config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
@@ -45,10 +47,8 @@ DATABASES = {alias: database(alias) for alias in ENGINES}
 DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 
 DATABASE_ROUTERS = ["dbfleet.Router"]
-DBFLEET = {
-    "ROUTES": {"library.Book": "books", "library.Review": "books", "loans": "loans"},
-    "REPLICAS": {"default": ["replica"]},
-}
+ROUTES = {"library.Book": "books", "library.Review": "books", "loans": "loans"}
+DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": ["replica"]}}
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",

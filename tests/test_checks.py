@@ -188,3 +188,32 @@ def test_check_ids_are_listed_once_in_the_readme_and_each_has_a_test() -> None:
     tests = Path(__file__).read_text()
     for check_id in ids_in(source):
         assert f"def test_{check_id.split('.')[1].lower()}_" in tests
+
+
+def migration_problems(module: str, app: str = "library") -> list[CheckMessage]:
+    with override_settings(MIGRATION_MODULES={app: f"tests.migration_cases.{module}"}):
+        return run_checks(tags=["dbfleet"])
+
+
+def test_e017_db_hint_crashes_migrate() -> None:
+    message = only(migration_problems("db_hint"), "dbfleet.E017")
+    assert (
+        "tests/migration_cases/db_hint/0001_initial.py, operation 1 (RunPython noop)" in message.msg
+    )
+    assert "got multiple values for argument 'db'" in message.msg
+    assert message.hint == "Use hints={'target_db': 'books'}."
+
+
+def test_e018_target_db_not_in_databases() -> None:
+    message = only(migration_problems("unknown_target"), "dbfleet.E018")
+    assert "'bokks'" in message.msg
+
+
+def test_w003_unhinted_operation_in_a_split_app() -> None:
+    message = only(migration_problems("unhinted"), "dbfleet.W003")
+    assert "app 'library' is split across databases" in message.msg
+    assert message.hint is not None and "target_db" in message.hint
+
+
+def test_w003_silent_for_an_app_routed_as_a_whole() -> None:
+    assert migration_problems("unhinted", app="loans") == []

@@ -16,10 +16,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import dj_database_url
 import pytest
 
-from tests.settings import CONFIGURATION, ENGINES, MYSQL_URL, POSTGRES_URL
+from tests.servers import SERVER_URLS, recreate, server_connection
+from tests.settings import CONFIGURATION, ENGINES
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "bookstore" / "demo.py"
 ALIASES = ("default", "books")
@@ -35,7 +35,6 @@ LIST_TABLES = {
     "WHERE table_schema = current_schema()",
     "mysql": "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 }
-SERVER_URLS = {"postgres": POSTGRES_URL, "mysql": MYSQL_URL}
 
 
 def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
@@ -91,40 +90,9 @@ def sqlite_counts(path: Path) -> Counts:
         return count_rows(connection, "sqlite")
 
 
-def server_connection(url: str, database: str | None = None) -> Any:
-    """A DB-API connection to the server at ``url`` (a server URL, no database in it)."""
-    config = dj_database_url.parse(url)
-    options: dict[str, Any] = {
-        "host": config.get("HOST"),
-        "port": int(config.get("PORT") or 0) or None,
-        "user": config.get("USER"),
-        "password": config.get("PASSWORD"),
-    }
-    options = {key: value for key, value in options.items() if value}
-    if url.startswith("postgres"):
-        import psycopg
-
-        return psycopg.connect(dbname=database or "postgres", autocommit=True, **options)
-    import MySQLdb  # type: ignore[import-untyped]
-
-    if database:
-        options["database"] = database
-    return MySQLdb.connect(charset="utf8mb4", autocommit=True, **options)
-
-
 def server_counts(engine: str, name: str) -> Counts:
     with closing(server_connection(SERVER_URLS[engine], name)) as connection:
         return count_rows(connection, engine)
-
-
-def recreate(engine: str, name: str, *, create: bool = True) -> None:
-    """Drop the server database ``name`` if it exists, then create it unless told not to."""
-    with closing(server_connection(SERVER_URLS[engine])) as connection:
-        cursor = connection.cursor()
-        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        if create:
-            charset = " CHARACTER SET utf8mb4" if engine == "mysql" else ""
-            cursor.execute(f"CREATE DATABASE {name}{charset}")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import models, router
 
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
+from dbfleet.migrating.lint import lint
 from dbfleet.routing import Router, relations
 from dbfleet.topology import Topology, split_route_key
 
@@ -214,3 +215,29 @@ def check_replica_mirrors(
                     )
                 )
     return warnings
+
+
+MIGRATION_CHECKS = {
+    "db-hint": (Error, "dbfleet.E017"),
+    "unknown-target": (Error, "dbfleet.E018"),
+    "unhinted": (Warning, "dbfleet.W003"),
+}
+
+
+@register(TAG)
+def check_migration_hints(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E017, E018, W003: RunPython/RunSQL hints that crash, route nowhere, or are missing."""
+    messages: list[CheckMessage] = []
+    for finding in lint():
+        level, check_id = MIGRATION_CHECKS[finding.kind]
+        messages.append(
+            level(
+                f"{finding.location()} {finding.problem}.",
+                hint=f"Use {finding.fix}.",
+                obj=f"{finding.app_label}.{finding.migration}",
+                id=check_id,
+            )
+        )
+    return messages

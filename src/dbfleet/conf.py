@@ -278,9 +278,29 @@ def get_topology() -> Topology:
     )
 
 
+class _Answers(dict[type, str | None]):
+    """``model class -> router answer`` for the current topology, emptied on reset.
+
+    The router reads this with one dictionary lookup, without a call to
+    ``get_topology()``. Only installed models are stored: historical models made
+    by migrations are answered by label and not kept alive.
+    """
+
+    def __missing__(self, model: type) -> str | None:
+        models = get_topology().models
+        answer = models[model]
+        if model in models:
+            self[model] = answer
+        return answer
+
+
+ANSWERS = _Answers()
+
+
 def reset() -> None:
     fleet_settings.cache_clear()
     get_topology.cache_clear()
+    ANSWERS.clear()
 
 
 @receiver(setting_changed)

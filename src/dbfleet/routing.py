@@ -9,7 +9,7 @@ from typing import Any
 from django.apps import apps
 from django.db import connections, models, router
 
-from dbfleet.conf import fleet_settings, get_topology
+from dbfleet.conf import ANSWERS, fleet_settings, get_topology
 from dbfleet.topology import owner_label, split_route_key
 
 
@@ -21,19 +21,17 @@ class Router:
     """
 
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
-        topology = get_topology()
-        alias = topology.models[model]
-        instance = hints.get("instance")
-        if instance is not None and alias is not None:
+        alias = ANSWERS[model]
+        if hints and alias is not None and (instance := hints.get("instance")) is not None:
             # Related objects are read where their instance was read, as in Django
             # without routers, as long as that database is in the model's group.
             db = instance._state.db
-            if db is not None and db != alias and topology.same_group(db, alias):
+            if db is not None and db != alias and get_topology().same_group(db, alias):
                 return db  # type: ignore[no-any-return]
         return alias
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
-        return get_topology().models[model]
+        return ANSWERS[model]
 
     def allow_relation(self, obj1: models.Model, obj2: models.Model, **hints: Any) -> bool:
         """Allow a relation only between objects of one group (a primary and its replicas)."""
@@ -53,20 +51,47 @@ class Router:
         Without hints an operation follows its app, or ``DEFAULT_DATABASE``
         when the app's models live in more than one database.
         """
-        topology = get_topology()
-        if topology.is_replica(db):
-            return False
-        target_db = hints.get("target_db")
-        if target_db is not None:
-            return db == target_db if isinstance(target_db, str) else db in target_db
-        model = hints.get("model")
-        if isinstance(model, str):
-            return db == topology.database_for_label(model)
-        if model is not None:
-            return db == topology.database_for_model(model)
-        if model_name is not None:
-            return db == topology.database_for_label(f"{app_label}.{model_name}")
-        return db == topology.database_for_app_operations(app_label)
+        return explain_migrate(db, app_label, model_name, **hints)[0]
+
+
+def explain_migrate(
+    db: str, app_label: str, model_name: str | None = None, **hints: Any
+) -> tuple[bool, str]:
+    """dbfleet's ``allow_migrate`` answer and the reason for it, in words."""
+    topology = get_topology()
+    if topology.is_replica(db):
+        return False, f"{db!r} is a replica of {topology.primary_of(db)!r}"
+    target_db = hints.get("target_db")
+    if target_db is not None:
+        allowed = db == target_db if isinstance(target_db, str) else db in target_db
+        return allowed, f"hint target_db={target_db!r}"
+    model = hints.get("model")
+    if model is not None:
+        label = model.lower() if isinstance(model, str) else owner_label(model)
+        home = topology.database_for_label(label)
+        return db == home, f"hint model={label}, which lives in {home!r}"
+    if model_name is not None:
+        label = f"{app_label}.{model_name}"
+        home = topology.database_for_label(label)
+        return db == home, f"{label} lives in {home!r} ({route_source(label)})"
+    home = topology.database_for_app_operations(app_label)
+    if app_label in topology.split_apps:
+        return db == home, (
+            f"no hints; app {app_label!r} is split across databases, so it runs on "
+            f"DEFAULT_DATABASE {home!r}"
+        )
+    return db == home, f"no hints; app {app_label!r} lives in {home!r}"
+
+
+def route_source(label: str) -> str:
+    """The setting that places the model ``app_label.model_name``."""
+    app_label, _, model_name = label.lower().partition(".")
+    for key in fleet_settings().routes:
+        if split_route_key(key) == (app_label, model_name):
+            return f'ROUTES["{key}"]'
+    if app_label in get_topology().app_routes:
+        return f'ROUTES["{app_label}"]'
+    return "DEFAULT_DATABASE"
 
 
 def database_for(model_or_instance: type[models.Model] | models.Model, write: bool = False) -> str:
@@ -121,17 +146,10 @@ class Route:
 
 def _decided_by(model: type[models.Model], read: str) -> str:
     """Which setting (or router) decided where ``model`` lives."""
-    topology = get_topology()
     label = owner_label(model)
-    app_label, _, model_name = label.partition(".")
-    if read != topology.database_for_label(label):
+    if read != get_topology().database_for_label(label):
         return "another router"
-    for key in fleet_settings().routes:
-        if split_route_key(key) == (app_label, model_name):
-            return f'ROUTES["{key}"]'
-    if app_label in topology.app_routes:
-        return f'ROUTES["{app_label}"]'
-    return "DEFAULT_DATABASE"
+    return route_source(label)
 
 
 def routes() -> list[Route]:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
+import sys
 from typing import Any
 
 from django.core.checks import run_checks
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from dbfleet.conf import get_topology
+from dbfleet.migrating.lint import lint
+from dbfleet.migrating.plan import DatabasePlan, migratable_databases, plan
+from dbfleet.migrating.runner import Outcome, migrate_all
+from dbfleet.migrating.status import APPLIED, NOT_ROUTED, PENDING, status
 from dbfleet.routing import routes
 
 
@@ -30,15 +36,29 @@ def render(table: Table, color: bool) -> str:
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
+def add_database_option(parser: CommandParser, help: str) -> None:
+    parser.add_argument(
+        "--database",
+        action="append",
+        dest="databases",
+        choices=tuple(connections),
+        metavar="ALIAS",
+        help=help,
+    )
+
+
 class Command(BaseCommand):
-    help = "Show and operate the project's databases. Subcommands: routes."
+    help = "Show and operate the project's databases. Subcommands: routes, migrate, plan, status."
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(
-            dest="subcommand", title="subcommands", required=True, metavar="{routes}"
+            dest="subcommand",
+            title="subcommands",
+            required=True,
+            metavar="{routes,migrate,plan,status}",
         )
         routes_parser = subcommands.add_parser(
             "routes",
@@ -49,7 +69,66 @@ class Command(BaseCommand):
             "--format", choices=("text", "json"), default="text", help="Output format."
         )
 
+        migrate_parser = subcommands.add_parser(
+            "migrate",
+            help="Migrate every database, in parallel.",
+            description="Migrate every database that migrations are routed to (never replicas), "
+            "each in its own worker process running Django's migrate, several at once.",
+        )
+        add_database_option(migrate_parser, "Migrate only this database (repeatable).")
+        migrate_parser.add_argument(
+            "--jobs", type=int, default=os.cpu_count() or 1, help="Databases migrated at once."
+        )
+        migrate_parser.add_argument(
+            "--fail-fast", action="store_true", help="Stop every database when one fails."
+        )
+        migrate_parser.add_argument(
+            "--check", action="store_true", help="Exit 1 if any database has pending migrations."
+        )
+        migrate_parser.add_argument(
+            "--plan", action="store_true", help="Show what would run where, and stop."
+        )
+        migrate_parser.add_argument(
+            "--fake", action="store_true", help="Record migrations as applied without running them."
+        )
+        migrate_parser.add_argument(
+            "--noinput", "--no-input", action="store_false", dest="interactive",
+            help="Never prompt (workers never prompt anyway).",
+        )  # fmt: skip
+        migrate_parser.add_argument(
+            "--skip-checks", action="store_true", help="Skip system checks."
+        )
+
+        plan_parser = subcommands.add_parser(
+            "plan",
+            help="Show which migration operation runs on which database, and why.",
+            description="For every database, each pending migration (every one with --all) "
+            "and each of its operations: runs here, or skipped by routing, with the reason.",
+        )
+        add_database_option(plan_parser, "Plan only this database (repeatable).")
+        plan_parser.add_argument("--all", action="store_true", help="Include applied migrations.")
+        plan_parser.add_argument(
+            "--format", choices=("text", "json"), default="text", help="Output format."
+        )
+
+        status_parser = subcommands.add_parser(
+            "status",
+            help="Show migrations x databases and tables that disagree with the records.",
+            description="A matrix of migrations x databases (applied, pending, not routed "
+            "here) and an audit of tables against the migration records and the routes.",
+        )
+        add_database_option(status_parser, "Only this database (repeatable).")
+        status_parser.add_argument(
+            "--all", action="store_true", help="List every migration, not only pending ones."
+        )
+        status_parser.add_argument(
+            "--format", choices=("text", "json"), default="text", help="Output format."
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        self.use_color = options["force_color"] or (
+            self.stdout.isatty() and not options["no_color"]
+        )
         getattr(self, f"handle_{options['subcommand']}")(**options)
 
     def handle_routes(self, *, format: str, **options: Any) -> None:
@@ -87,7 +166,7 @@ class Command(BaseCommand):
                 route.decided_by,
                 f"[bold red]{crossings}[/]" if crossings else "",
             )
-        self.stdout.write(render(grid, color=not options.get("no_color") and self.stdout.isatty()))
+        self.stdout.write(render(grid, color=self.use_color))
 
     def databases(self) -> list[dict[str, Any]]:
         """Each primary database with its engine and replicas."""
@@ -100,3 +179,203 @@ class Command(BaseCommand):
             }
             for group in topology.groups.values()
         ]
+
+    def chosen_databases(self, databases: list[str] | None) -> list[str]:
+        """The ``--database`` choices (checked), else every migratable database."""
+        migratable = migratable_databases()
+        for alias in databases or ():
+            if alias not in migratable:
+                raise CommandError(
+                    f"{alias!r} is never migrated: it is a replica or a test mirror. "
+                    f"Migrate its primary instead; migratable: {', '.join(migratable)}."
+                )
+        return list(dict.fromkeys(databases)) if databases else migratable
+
+    def refuse_broken_hints(self) -> None:
+        """Stop before anything runs if an operation's hints would crash or route nowhere."""
+        broken = [finding for finding in lint() if finding.kind != "unhinted"]
+        if broken:
+            lines = [
+                f"  {finding.location()} {finding.problem}.\n    Fix: {finding.fix}"
+                for finding in broken
+            ]
+            raise CommandError(
+                "Nothing was migrated: these operations would fail or run nowhere:\n"
+                + "\n".join(lines),
+                returncode=2,
+            )
+
+    def handle_migrate(self, **options: Any) -> None:
+        aliases = self.chosen_databases(options["databases"])
+        if not options["skip_checks"]:
+            # Database checks run in each worker (Django's migrate does them), where an
+            # unreachable server fails that database alone.
+            self.check()
+        self.refuse_broken_hints()
+        if options["plan"]:
+            self.stdout.write("Would run, database by database:")
+            self.write_plan(plan(aliases), options["verbosity"])
+            return
+        if options["check"]:
+            pending = [p for p in plan(aliases) if p.error or p.migrations]
+            for database in pending:
+                self.stdout.write(
+                    f"{database.alias}: {database.error or f'{len(database.migrations)} pending'}"
+                )
+            if pending:
+                sys.exit(1)
+            self.stdout.write("No pending migrations on " + ", ".join(aliases) + ".")
+            return
+
+        verbosity = options["verbosity"]
+        jobs = max(1, options["jobs"])
+
+        def report(outcome: Outcome, running: list[str]) -> None:
+            if verbosity < 1:
+                return
+            style = {
+                "running": self.style.MIGRATE_LABEL,
+                "done": self.style.SUCCESS,
+                "up to date": self.style.SUCCESS,
+                "failed": self.style.ERROR,
+                "cancelled": self.style.WARNING,
+            }[outcome.result]
+            detail = {
+                "running": f"{outcome.pending} pending",
+                "done": f"{outcome.applied} applied in {outcome.seconds:.1f}s",
+                "failed": outcome.error,
+            }.get(outcome.result, "")
+            state = f"{outcome.result:<10}"
+            line = f"  {style(state)} {outcome.alias:<{width}} {detail}"
+            self.stdout.write(line + (f"  [running: {', '.join(running)}]" if running else ""))
+
+        width = max(len(alias) for alias in aliases)
+        if verbosity >= 1:
+            self.stdout.write(
+                self.style.MIGRATE_HEADING(
+                    f"Migrating {len(aliases)} database(s), up to {jobs} at once:"
+                )
+            )
+        try:
+            outcomes = migrate_all(
+                aliases,
+                jobs=jobs,
+                fake=options["fake"],
+                fail_fast=options["fail_fast"],
+                verbosity=verbosity,
+                report=report,
+            )
+        except RuntimeError as error:
+            raise CommandError(str(error)) from error
+
+        for outcome in outcomes:
+            if outcome.output.strip() and (verbosity >= 2 or outcome.result == "failed"):
+                self.stdout.write(self.style.MIGRATE_HEADING(f"\nOutput of {outcome.alias}:"))
+                self.stdout.write("\n".join("  " + line for line in outcome.output.splitlines()))
+        if verbosity >= 1:
+            grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+            for column in ("database", "engine", "applied", "seconds", "result"):
+                grid.add_column(
+                    column, justify="right" if column in {"applied", "seconds"} else "left"
+                )
+            for outcome in outcomes:
+                grid.add_row(
+                    outcome.alias,
+                    outcome.vendor,
+                    str(outcome.applied),
+                    f"{outcome.seconds:.1f}",
+                    outcome.result + (f": {outcome.error}" if outcome.error else ""),
+                )
+            self.stdout.write("")
+            self.stdout.write(render(grid, color=self.use_color))
+        failed = [outcome for outcome in outcomes if outcome.result == "failed"]
+        if failed:
+            names = "; ".join(f"{outcome.alias} ({outcome.error})" for outcome in failed)
+            others = [o.alias for o in outcomes if o.result in {"done", "up to date"}]
+            raise CommandError(
+                f"Migrating failed on {names}. "
+                + (f"Migrated: {', '.join(others)}. " if others else "")
+                + "Fix the cause and run `manage.py fleet migrate` again: "
+                "finished databases are skipped.",
+                returncode=1,
+            )
+
+    def handle_plan(self, *, format: str, **options: Any) -> None:
+        plans = plan(self.chosen_databases(options["databases"]), include_applied=options["all"])
+        if format == "json":
+            self.stdout.write(json.dumps([dataclasses.asdict(p) for p in plans], indent=2))
+            return
+        self.write_plan(plans, options["verbosity"])
+
+    def write_plan(self, plans: list[DatabasePlan], verbosity: int = 1) -> None:
+        for database in plans:
+            heading = f"{database.alias} ({database.vendor})"
+            if database.error:
+                self.stdout.write(self.style.ERROR(f"{heading}: unreachable: {database.error}"))
+                continue
+            if not database.migrations:
+                self.stdout.write(self.style.MIGRATE_HEADING(heading) + ": up to date")
+                continue
+            pending = f"{database.pending} pending" if database.pending else "up to date"
+            self.stdout.write(self.style.MIGRATE_HEADING(heading) + f": {pending}")
+            for migration in database.migrations:
+                mark = "applied" if migration.applied else "pending"
+                label = f"  {self.style.MIGRATE_LABEL(migration.label)} ({mark})"
+                idle = not any(step.runs or step.finding for step in migration.operations)
+                if idle and verbosity < 2:
+                    self.stdout.write(f"{label}: nothing runs here")
+                    continue
+                self.stdout.write(label)
+                for step in migration.operations:
+                    verdict = (
+                        self.style.SUCCESS("runs here")
+                        if step.runs
+                        else self.style.WARNING("skipped  ")
+                    )
+                    self.stdout.write(
+                        f"    {step.position:>2}. {step.description:<34} {verdict}  {step.reason}"
+                    )
+                    if step.finding:
+                        self.stdout.write(
+                            self.style.ERROR(f"        ! {step.finding.problem}")
+                            + f"\n        fix: {step.finding.fix}"
+                        )
+
+    def handle_status(self, *, format: str, **options: Any) -> None:
+        result = status(self.chosen_databases(options["databases"]))
+        if format == "json":
+            self.stdout.write(json.dumps(dataclasses.asdict(result), indent=2))
+            return
+        for alias in result.databases:
+            if alias in result.errors:
+                self.stdout.write(self.style.ERROR(f"{alias}: unreachable: {result.errors[alias]}"))
+                continue
+            counts = ", ".join(
+                f"{result.count(alias, state)} {state}" for state in (APPLIED, PENDING, NOT_ROUTED)
+            )
+            self.stdout.write(f"{self.style.MIGRATE_HEADING(alias)}: {counts}")
+        reachable = [alias for alias in result.databases if alias not in result.errors]
+        rows = [
+            (label, states)
+            for label, states in result.migrations.items()
+            if options["all"] or PENDING in states.values()
+        ]
+        if rows:
+            symbols = {APPLIED: "applied", PENDING: "[bold]pending[/]", NOT_ROUTED: "-"}
+            grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+            grid.add_column("migration")
+            for alias in reachable:
+                grid.add_column(alias)
+            for label, states in rows:
+                grid.add_row(label, *(symbols[states[alias]] for alias in reachable))
+            self.stdout.write("")
+            self.stdout.write(render(grid, color=self.use_color))
+            self.stdout.write("(-: not routed here; migrate still records it)")
+        if result.audit:
+            self.stdout.write(
+                self.style.ERROR(f"\n{len(result.audit)} table(s) disagree with the records:")
+            )
+            for item in result.audit:
+                self.stdout.write(f"  {item.database}: {item.model}: {item.problem}")
+        else:
+            self.stdout.write("\nAudit: every table is where its migrations and routes say.")

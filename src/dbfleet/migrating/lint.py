@@ -1,0 +1,126 @@
+"""Find migration operations whose hints route them wrongly, before anything runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.db.migrations import Migration
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations import SeparateDatabaseAndState
+from django.db.migrations.operations.base import Operation
+
+from dbfleet.conf import get_topology
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One operation that routes wrongly, where it is and how to fix it."""
+
+    #: "db-hint" (crashes migrate), "unknown-target" or "unhinted" (in a split app).
+    kind: str
+    app_label: str
+    migration: str
+    file: str
+    position: int
+    operation: str
+    problem: str
+    fix: str
+
+    def location(self) -> str:
+        return f"{self.file}, operation {self.position} ({self.operation})"
+
+
+def migration_file(migration: Migration) -> str:
+    """The migration's file, relative to the working directory when inside it."""
+    module = sys.modules.get(type(migration).__module__)
+    path = Path(getattr(module, "__file__", "") or type(migration).__module__)
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def operations(migration: Migration) -> Iterator[tuple[int, Operation]]:
+    """(1-based position, operation), looking inside SeparateDatabaseAndState."""
+    for position, operation in enumerate(migration.operations, 1):
+        if isinstance(operation, SeparateDatabaseAndState):
+            for inner in operation.database_operations:
+                yield position, inner
+        else:
+            yield position, operation
+
+
+def describe(operation: Operation) -> str:
+    """``RunPython forwards``, ``RunSQL``, or Django's own description of the operation."""
+    name = type(operation).__name__
+    if not isinstance(getattr(operation, "hints", None), dict):
+        return operation.describe()
+    code_name = getattr(getattr(operation, "code", None), "__name__", None)
+    return f"{name} {code_name}" if code_name else name
+
+
+def lint(loader: MigrationLoader | None = None) -> list[Finding]:
+    """Operations with a ``db`` hint (which crashes migrate) or unhinted in a split app."""
+    loader = loader or MigrationLoader(None, ignore_no_migrations=True)
+    topology = get_topology()
+    findings: list[Finding] = []
+    for (app_label, name), migration in sorted(loader.disk_migrations.items()):
+        for position, operation in operations(migration):
+            hints: Any = getattr(operation, "hints", None)
+            if not isinstance(hints, dict):
+                continue  # Operations on models: routed by their model.
+            where: dict[str, Any] = {
+                "app_label": app_label,
+                "migration": name,
+                "file": migration_file(migration),
+                "position": position,
+                "operation": describe(operation),
+            }
+            if "db" in hints:
+                target = {**hints, "target_db": hints["db"]}
+                del target["db"]
+                findings.append(
+                    Finding(
+                        "db-hint",
+                        **where,
+                        problem=f"has hints={hints!r}, which Django passes to "
+                        "ConnectionRouter.allow_migrate(db, app_label, **hints): that fails "
+                        "with \"TypeError: got multiple values for argument 'db'\" in the "
+                        "middle of a migrate run",
+                        fix=f"hints={target!r}",
+                    )
+                )
+            elif unknown := _unknown_targets(hints.get("target_db"), topology.databases):
+                findings.append(
+                    Finding(
+                        "unknown-target",
+                        **where,
+                        problem=f"has hints={hints!r}, naming {', '.join(map(repr, unknown))}, "
+                        "which is not in DATABASES, so it runs nowhere",
+                        fix=f"target_db one of {', '.join(map(repr, topology.databases))}",
+                    )
+                )
+            elif not hints and app_label in topology.split_apps:
+                findings.append(
+                    Finding(
+                        "unhinted",
+                        **where,
+                        problem=f"has no hints, and app {app_label!r} is split across "
+                        "databases, so it runs on DEFAULT_DATABASE "
+                        f"({topology.default_database!r}) only",
+                        fix=f"hints={{'target_db': {topology.default_database!r}}} (or the "
+                        "database it is meant for), or hints={'model': 'app_label.Model'}",
+                    )
+                )
+    return findings
+
+
+def _unknown_targets(target_db: object, databases: tuple[str, ...]) -> list[str]:
+    if target_db is None:
+        return []
+    targets = [target_db] if isinstance(target_db, str) else list(target_db)  # type: ignore[call-overload]
+    return [str(target) for target in targets if target not in databases]

@@ -1,0 +1,139 @@
+"""Migrations x databases, and an audit of tables against what is recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.apps import apps
+from django.db import DatabaseError, connections, router
+from django.db.migrations import Migration
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.operations import CreateModel
+from django.db.migrations.recorder import MigrationRecorder
+
+from dbfleet.migrating.lint import operations
+from dbfleet.migrating.plan import decide, first_line, migratable_databases
+from dbfleet.topology import owner_label
+
+APPLIED, PENDING, NOT_ROUTED = "applied", "pending", "not routed"
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """A table that is where the records say it is not, or missing where they say it is."""
+
+    database: str
+    model: str
+    table: str
+    problem: str
+
+
+@dataclass
+class Status:
+    databases: list[str]
+    #: migration label -> database -> APPLIED, PENDING or NOT_ROUTED.
+    migrations: dict[str, dict[str, str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    audit: list[Discrepancy] = field(default_factory=list)
+
+    def count(self, alias: str, state: str) -> int:
+        return sum(1 for states in self.migrations.values() if states.get(alias) == state)
+
+
+def runs_anywhere_on(alias: str, migration: Migration) -> bool:
+    return any(decide(alias, migration.app_label, op)[0] for _, op in operations(migration))
+
+
+def creators(loader: MigrationLoader) -> dict[str, tuple[str, str]]:
+    """model label -> the migration that creates it."""
+    found: dict[str, tuple[str, str]] = {}
+    for key in loader.graph.nodes:
+        migration = loader.graph.nodes[key]
+        for _, operation in operations(migration):
+            if isinstance(operation, CreateModel):
+                found.setdefault(f"{migration.app_label}.{operation.name_lower}", key)
+    return found
+
+
+def status(aliases: list[str] | None = None) -> Status:
+    """Which migration is applied where, and which tables disagree with the records."""
+    aliases = migratable_databases() if aliases is None else aliases
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    order = list(
+        dict.fromkeys(
+            key for leaf in loader.graph.leaf_nodes() for key in loader.graph.forwards_plan(leaf)
+        )
+    )
+    result = Status(databases=aliases)
+    for key in order:
+        result.migrations[f"{key[0]}.{key[1]}"] = {}
+    created_by = creators(loader)
+    previous = previous_migrations(loader)
+    for alias in aliases:
+        connection = connections[alias]
+        try:
+            recorded = set(MigrationRecorder(connection).applied_migrations())
+            with connection.cursor() as cursor:
+                tables = set(connection.introspection.table_names(cursor))
+        except DatabaseError as error:
+            result.errors[alias] = first_line(error)
+            continue
+        for key in order:
+            if key in recorded:
+                state = APPLIED
+            elif runs_anywhere_on(alias, loader.graph.nodes[key]):
+                state = PENDING
+            else:
+                state = NOT_ROUTED
+            result.migrations[f"{key[0]}.{key[1]}"][alias] = state
+        result.audit += audit(alias, tables, recorded, created_by, previous)
+    return result
+
+
+def audit(
+    alias: str,
+    tables: set[str],
+    recorded: set[tuple[str, str]],
+    created_by: dict[str, tuple[str, str]],
+    previous: dict[tuple[str, str], str],
+) -> list[Discrepancy]:
+    """Tables on ``alias`` that disagree with its migration records or with the routes."""
+    found = []
+    for model in apps.get_models(include_auto_created=True):
+        opts = model._meta
+        if opts.proxy or not opts.managed:
+            continue
+        table, label = opts.db_table, opts.label
+        routed_here = router.allow_migrate_model(alias, model)
+        creator = created_by.get(owner_label(model))
+        present = table in tables
+        if routed_here and creator in recorded and not present:
+            problem = (
+                f"{creator[0]}.{creator[1]} is recorded as applied but table {table} is "
+                "missing: it was recorded while routing sent the model elsewhere. Unrecord it "
+                f"with `migrate {creator[0]} {previous[creator]} --fake --database {alias}`, "
+                "then run `fleet migrate`."
+            )
+        elif not routed_here and present:
+            problem = (
+                f"table {table} exists here but {label} lives in "
+                f"{router.db_for_write(model)!r}: a stray copy. Check its rows, then drop it."
+            )
+        elif routed_here and present and creator is not None and creator not in recorded:
+            problem = (
+                f"table {table} exists but {creator[0]}.{creator[1]} is not recorded: "
+                "migrate will fail to create it. Record it with `migrate --fake-initial`."
+            )
+        else:
+            continue
+        found.append(Discrepancy(alias, label, table, problem))
+    return found
+
+
+def previous_migrations(loader: MigrationLoader) -> dict[tuple[str, str], str]:
+    """migration key -> the name of the one before it in its app ("zero" for the first)."""
+    previous = {}
+    for key, node in loader.graph.node_map.items():
+        parents = [parent.key[1] for parent in node.parents if parent.key[0] == key[0]]
+        previous[key] = parents[0] if parents else "zero"
+    return previous

@@ -1,0 +1,65 @@
+"""Settings for the `fleet` subprocess tests: dedicated databases, migrated by workers.
+
+Environment:
+``DBFLEET_FLEET_DIR``: where the SQLite files go;
+``DBFLEET_FLEET_APPS``: extra apps and their database, ``"tests.broken=loans"``;
+``DBFLEET_FLEET_DOWN``: an alias whose server is made unreachable (a closed port);
+``DBFLEET_FLEET_MIGRATION_MODULES``: ``"library=tests.migration_cases.db_hint"``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.settings import *  # noqa: F403
+from tests.settings import DBFLEET, ENGINES, INSTALLED_APPS, ROUTES, database
+
+PREFIX = "dbfleet_fleet"
+#: Nothing listens here: connecting is refused at once.
+CLOSED_PORT = 1
+
+DATABASES = {
+    alias: database(alias, PREFIX, os.environ.get("DBFLEET_FLEET_DIR", "")) for alias in ENGINES
+}
+DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+if down := os.environ.get("DBFLEET_FLEET_DOWN"):
+    DATABASES[down] = {**DATABASES[down], "HOST": "127.0.0.1", "PORT": CLOSED_PORT}
+
+INSTALLED_APPS = [
+    *INSTALLED_APPS,
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+]
+ROUTES = dict(ROUTES)
+for entry in filter(None, os.environ.get("DBFLEET_FLEET_APPS", "").split(",")):
+    app, _, alias = entry.partition("=")
+    INSTALLED_APPS.append(app)
+    ROUTES[app.rpartition(".")[2]] = alias
+DBFLEET = {**DBFLEET, "ROUTES": ROUTES}
+MIGRATION_MODULES = {
+    app: module
+    for app, _, module in (
+        entry.partition("=")
+        for entry in filter(None, os.environ.get("DBFLEET_FLEET_MIGRATION_MODULES", "").split(","))
+    )
+}
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]

@@ -1,0 +1,1 @@
+"""Migration packages with wrong hints, swapped in with MIGRATION_MODULES."""

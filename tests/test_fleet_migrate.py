@@ -1,0 +1,252 @@
+"""``fleet migrate``, ``plan`` and ``status`` run as a user runs them, on real databases.
+
+Each test gets dedicated databases (SQLite files in a temporary directory, or
+``dbfleet_fleet_*`` on the servers) and runs ``python -m django fleet ...`` in a
+subprocess with ``tests.fleet_settings``, so every database is migrated by a
+worker process, for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db.utils import ConnectionHandler
+
+from tests.fleet_settings import PREFIX
+from tests.servers import recreate
+from tests.settings import CONFIGURATION, ENGINES, database
+
+ROOT = Path(__file__).resolve().parent.parent
+ALIASES = ("default", "books", "loans")
+SERVERS = {alias: engine for alias, engine in ENGINES.items() if engine != "sqlite"}
+
+
+@dataclass
+class Project:
+    directory: Path
+    blocker: Any
+
+    def fleet(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``fleet *args`` in a subprocess; ``env`` sets DBFLEET_FLEET_* variables."""
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.fleet_settings",
+            "DBFLEET_FLEET_DIR": str(self.directory),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONWARNINGS": "error::DeprecationWarning",
+            **{f"DBFLEET_FLEET_{key.upper()}": value for key, value in env.items()},
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "django", "fleet", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+
+    def inspect(self) -> dict[str, dict[str, Any]]:
+        """For each database, its tables and the migrations recorded there."""
+        handler = ConnectionHandler(
+            {alias: database(alias, PREFIX, str(self.directory)) for alias in ALIASES}
+        )
+        found: dict[str, dict[str, Any]] = {}
+        with self.blocker.unblock():
+            for alias in ALIASES:
+                connection = handler[alias]
+                with connection.cursor() as cursor:
+                    tables = set(connection.introspection.table_names(cursor))
+                    indexes = set()
+                    if "library_book" in tables:
+                        indexes = set(
+                            connection.introspection.get_constraints(cursor, "library_book")
+                        )
+                    recorded = set()
+                    if "django_migrations" in tables:
+                        # Raw SQL: MigrationRecorder would query the test run's own database.
+                        cursor.execute("SELECT app, name FROM django_migrations")
+                        recorded = set(cursor.fetchall())
+                found[alias] = {"tables": tables, "recorded": recorded, "indexes": indexes}
+                connection.close()
+        return found
+
+
+@pytest.fixture
+def project(tmp_path: Path, django_db_blocker: Any) -> Iterator[Project]:
+    for alias, engine in SERVERS.items():
+        recreate(engine, f"{PREFIX}_{alias}")
+    yield Project(tmp_path, django_db_blocker)
+    for alias, engine in SERVERS.items():
+        recreate(engine, f"{PREFIX}_{alias}", create=False)
+
+
+def test_migrates_every_database_each_where_routed(project: Project) -> None:
+    result = project.fleet("migrate", "--jobs", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for alias in ALIASES:
+        assert f"running    {alias}" in result.stdout
+    table = result.stdout.split("result\n")[-1]
+    assert [line.split()[0] for line in table.splitlines()[1:]] == list(ALIASES)
+    assert all(line.split()[-1] == "done" for line in table.splitlines()[1:])
+
+    found = project.inspect()
+    assert {
+        "library_author",
+        "auth_user",
+        "django_content_type",
+        "django_session",
+        "django_admin_log",
+    } <= found["default"]["tables"]
+    assert {"library_book", "library_review"} <= found["books"]["tables"]
+    assert {"loans_loan", "loans_member", "loans_favourite"} <= found["loans"]["tables"]
+    contrib = {
+        "django_content_type",
+        "auth_permission",
+        "auth_user",
+        "django_session",
+        "django_admin_log",
+    }
+    for alias in ("books", "loans"):
+        assert not contrib & found[alias]["tables"], f"contrib tables leaked into {alias}"
+    assert not {"library_book", "loans_loan"} & found["default"]["tables"]
+    # The article's RunSQL (hint target_db="books") made its index on books only.
+    assert "library_book_title_idx" in found["books"]["indexes"]
+    # Django records every migration on every database it migrates, even when skipped.
+    for alias in ALIASES:
+        assert ("library", "0002_email_and_title") in found[alias]["recorded"]
+
+
+def test_contrib_rows_only_where_contenttypes_live(project: Project) -> None:
+    assert project.fleet("migrate").returncode == 0
+    found = project.inspect()
+    assert "django_content_type" in found["default"]["tables"]
+    assert "django_content_type" not in found["books"]["tables"] | found["loans"]["tables"]
+
+
+def test_second_run_starts_no_worker(project: Project) -> None:
+    assert project.fleet("migrate").returncode == 0
+    result = project.fleet("migrate")
+    assert result.returncode == 0
+    assert "running" not in result.stdout
+    assert result.stdout.count("up to date") >= 2 * len(ALIASES)
+
+
+def test_check_exits_1_while_anything_is_pending(project: Project) -> None:
+    result = project.fleet("migrate", "--check")
+    assert result.returncode == 1
+    assert "default: " in result.stdout and "pending" in result.stdout
+    assert project.fleet("migrate", "--database", "books").returncode == 0
+    result = project.fleet("migrate", "--check", "--database", "books")
+    assert result.returncode == 0, result.stdout
+    assert project.fleet("migrate", "--check").returncode == 1
+
+
+def test_plan_shows_what_would_run_where_without_running(project: Project) -> None:
+    result = project.fleet("migrate", "--plan")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Would run")
+    books = result.stdout.split("books (")[1].split("loans (")[0]
+    assert "RunSQL" in books and "runs here" in books.split("RunSQL")[1].splitlines()[0]
+    assert project.inspect()["books"]["recorded"] == set()
+
+
+def test_db_hint_is_refused_before_anything_runs(project: Project) -> None:
+    cases = "library=tests.migration_cases.db_hint"
+    where = "tests/migration_cases/db_hint/0001_initial.py, operation 1 (RunPython noop)"
+    # The system check stops it first ...
+    result = project.fleet("migrate", migration_modules=cases)
+    assert result.returncode == 1
+    assert "dbfleet.E017" in result.stderr and where in result.stderr
+    assert "HINT: Use hints={'target_db': 'books'}." in result.stderr
+    # ... and with the checks skipped, fleet migrate itself refuses.
+    result = project.fleet("migrate", "--skip-checks", migration_modules=cases)
+    assert result.returncode == 2
+    assert "Nothing was migrated" in result.stderr and where in result.stderr
+    assert "Fix: hints={'target_db': 'books'}" in result.stderr
+    assert all(not found["recorded"] for found in project.inspect().values())
+
+
+def test_failing_migration_leaves_the_others_done(project: Project) -> None:
+    result = project.fleet("migrate", apps="tests.broken=loans")
+    assert result.returncode == 1
+    assert "Migrating failed on loans (" in result.stderr
+    assert "no_such_table" in result.stdout  # The worker's own output, shown for loans.
+    assert "Migrated: default, books." in result.stderr
+    found = project.inspect()
+    assert ("library", "0002_email_and_title") in found["default"]["recorded"]
+    assert ("library", "0002_email_and_title") in found["books"]["recorded"]
+    assert ("broken", "0001_initial") not in found["loans"]["recorded"]
+
+
+def test_fail_fast_cancels_the_rest(project: Project) -> None:
+    result = project.fleet("migrate", "--fail-fast", "--jobs", "1", apps="tests.broken=default")
+    assert result.returncode == 1
+    table = result.stdout.split("result\n")[-1]
+    results = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:]}
+    assert results["books"] == results["loans"] == "cancelled"
+    assert not project.inspect()["books"]["recorded"]
+
+
+@pytest.mark.skipif(not SERVERS, reason=f"no server in configuration {CONFIGURATION!r}")
+def test_server_down_fails_alone_and_a_rerun_completes(project: Project) -> None:
+    down = next(iter(SERVERS))
+    result = project.fleet("migrate", down=down)
+    assert result.returncode == 1
+    assert f"Migrating failed on {down} (OperationalError" in result.stderr
+    others = [alias for alias in ALIASES if alias != down]
+    assert all(project.inspect()[alias]["recorded"] for alias in others)
+    for subcommand in ("plan", "status"):
+        result = project.fleet(subcommand, down=down)
+        assert result.returncode == 0, result.stderr
+        assert f"{down}" in result.stdout and "unreachable: OperationalError" in result.stdout
+
+    result = project.fleet("migrate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project.inspect()[down]["recorded"]
+
+
+def test_status_matrix_and_audit(project: Project) -> None:
+    before = json.loads(project.fleet("status", "--format", "json").stdout)
+    assert before["migrations"]["library.0002_email_and_title"] == {
+        "default": "pending",
+        "books": "pending",
+        "loans": "not routed",
+    }
+    assert project.fleet("migrate").returncode == 0
+    # Make the records lie: drop a routed table, and add a stray one where it doesn't live.
+    handler = ConnectionHandler(
+        {alias: database(alias, PREFIX, str(project.directory)) for alias in ALIASES}
+    )
+    with project.blocker.unblock():
+        with handler["books"].cursor() as cursor:
+            cursor.execute("DROP TABLE library_review")
+        with handler["loans"].cursor() as cursor:
+            cursor.execute("CREATE TABLE library_author (id integer)")
+        handler.close_all()
+
+    result = project.fleet("status")
+    assert result.returncode == 0, result.stderr
+    assert "default: " in result.stdout and "0 pending" in result.stdout
+    assert "2 table(s) disagree" in result.stdout
+    document = json.loads(project.fleet("status", "--format", "json").stdout)
+    audit = {(item["database"], item["table"]): item["problem"] for item in document["audit"]}
+    assert set(audit) == {("books", "library_review"), ("loans", "library_author")}
+    assert (
+        "recorded as applied but table library_review is missing"
+        in audit["books", "library_review"]
+    )
+    assert "stray copy" in audit["loans", "library_author"]
+
+
+def test_replica_is_never_migrated(project: Project) -> None:
+    result = project.fleet("migrate", "--database", "replica")
+    assert result.returncode == 1
+    assert "'replica' is never migrated" in result.stderr

@@ -1,0 +1,162 @@
+"""Operation-by-operation decisions, plans and status, in process."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import migrations, models
+from django.test import override_settings
+
+from dbfleet.migrating.lint import lint
+from dbfleet.migrating.plan import decide, migratable_databases, plan
+from dbfleet.migrating.status import APPLIED, status
+
+ALIASES = ("default", "books", "loans")
+
+
+def where(app_label: str, operation: Any) -> dict[str, tuple[bool, str]]:
+    return {alias: decide(alias, app_label, operation) for alias in ALIASES}
+
+
+def runs_on(app_label: str, operation: Any) -> list[str]:
+    return [alias for alias, (runs, _) in where(app_label, operation).items() if runs]
+
+
+def test_model_operations_follow_their_model() -> None:
+    add_to_author = migrations.AddField("author", "nickname", models.CharField(max_length=9))
+    assert runs_on("library", add_to_author) == ["default"]
+    assert runs_on("library", migrations.DeleteModel("Book")) == ["books"]
+    assert runs_on("loans", migrations.RenameModel("Shelf", "Rack")) == ["loans"]
+    reason = where("library", migrations.AlterField("book", "content", models.TextField()))
+    assert reason["books"] == (True, "library.book lives in 'books' (ROUTES[\"library.Book\"])")
+    assert reason["default"][1] == reason["books"][1]
+
+
+def test_hinted_operations_follow_their_hints() -> None:
+    operation = migrations.RunSQL("SELECT 1", hints={"target_db": "books"})
+    assert runs_on("library", operation) == ["books"]
+    assert where("library", operation)["books"][1] == "hint target_db='books'"
+    by_model = migrations.RunPython(migrations.RunPython.noop, hints={"model": "loans.Loan"})
+    assert runs_on("library", by_model) == ["loans"]
+
+
+def test_unhinted_operations_follow_the_app_or_default_database() -> None:
+    operation = migrations.RunPython(migrations.RunPython.noop)
+    assert runs_on("loans", operation) == ["loans"]
+    assert runs_on("library", operation) == ["default"]
+    assert "split across databases" in where("library", operation)["default"][1]
+
+
+def test_db_hint_runs_nowhere() -> None:
+    operation = migrations.RunPython(migrations.RunPython.noop, hints={"db": "books"})
+    assert where("library", operation)["books"] == (
+        False,
+        "cannot run: a 'db' hint crashes migrate",
+    )
+
+
+def test_tables_without_models_and_custom_operations() -> None:
+    proxy = migrations.CreateModel("Alias", [], options={"proxy": True}, bases=("library.book",))
+    assert runs_on("library", proxy) == []
+    assert where("library", proxy)["books"][1] == "proxy or unmanaged model: no table"
+    assert runs_on("library", migrations.SeparateDatabaseAndState()) == list(ALIASES)
+
+
+@override_settings(DATABASE_ROUTERS=["tests.routers.EverythingToDefault", "dbfleet.Router"])
+def test_another_router_deciding_is_named() -> None:
+    class Deny:
+        def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+            return False
+
+    with override_settings(DATABASE_ROUTERS=[Deny(), "dbfleet.Router"]):
+        decision = decide(
+            "default", "library", migrations.AddField("author", "x", models.IntegerField())
+        )
+    assert decision == (False, "decided by a router before dbfleet.Router")
+
+
+def test_replicas_and_mirrors_are_not_migratable() -> None:
+    assert migratable_databases() == list(ALIASES)
+
+
+def test_lint_is_clean_for_the_test_project() -> None:
+    assert lint() == []
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.db_hint"})
+def test_lint_finds_a_db_hint_with_its_fix() -> None:
+    (finding,) = lint()
+    assert finding.kind == "db-hint"
+    assert (
+        finding.location()
+        == "tests/migration_cases/db_hint/0001_initial.py, operation 1 (RunPython noop)"
+    )
+    assert finding.fix == "hints={'target_db': 'books'}"
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_plan_of_an_up_to_date_fleet_is_empty() -> None:
+    plans = plan()
+    assert [p.alias for p in plans] == list(ALIASES)
+    assert all(p.migrations == () and p.pending == 0 and p.error is None for p in plans)
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_plan_all_shows_each_operation_on_each_database() -> None:
+    plans = {p.alias: p for p in plan(include_applied=True)}
+    for alias in ALIASES:
+        (migration,) = [
+            m for m in plans[alias].migrations if m.label == "library.0002_email_and_title"
+        ]
+        assert migration.applied
+        runs = [step.runs for step in migration.operations]
+        assert (
+            runs
+            == {
+                "default": [True, False, False, False],
+                "books": [False, True, True, True],
+                "loans": [False] * 4,
+            }[alias]
+        )
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_fleet_plan_command_text_and_json() -> None:
+    stdout = StringIO()
+    call_command("fleet", "plan", stdout=stdout)
+    assert stdout.getvalue().count(": up to date") == len(ALIASES)
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--format", "json", stdout=stdout)
+    document = json.loads(stdout.getvalue())
+    assert [database["alias"] for database in document] == list(ALIASES)
+    assert document[1]["migrations"][-1]["operations"][0]["reason"]
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
+    text = stdout.getvalue()
+    assert "library.0002_email_and_title (applied)" in text
+    assert "RunPython title_books" in text and "hint target_db='books'" in text
+    assert "auth.0001_initial (applied): nothing runs here" in text
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.db_hint"})
+@pytest.mark.django_db(databases="__all__")
+def test_fleet_plan_flags_a_db_hint() -> None:
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
+    assert "! has hints={'db': 'books'}" in stdout.getvalue()
+    assert "fix: hints={'target_db': 'books'}" in stdout.getvalue()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_status_of_the_test_databases() -> None:
+    result = status()
+    assert result.errors == {} and result.audit == []
+    assert result.migrations["library.0002_email_and_title"] == dict.fromkeys(ALIASES, APPLIED)
+    stdout = StringIO()
+    call_command("fleet", "status", "--all", stdout=stdout)
+    assert "Audit: every table is where its migrations and routes say." in stdout.getvalue()
+    assert "library.0002_email_and_title" in stdout.getvalue()
