@@ -2,6 +2,7 @@
 
 Environment:
 ``DBFLEET_FLEET_DIR``: where the SQLite files go;
+``DBFLEET_FLEET_PREFIX``: how the server databases are named (``dbfleet_fleet``);
 ``DBFLEET_FLEET_APPS``: extra apps and their database, ``"tests.broken=loans"``;
 ``DBFLEET_FLEET_DOWN``: an alias whose server is made unreachable (a closed port);
 ``DBFLEET_FLEET_MIGRATION_MODULES``: ``"library=tests.migration_cases.db_hint"``.
@@ -14,7 +15,7 @@ import os
 from tests.settings import *  # noqa: F403
 from tests.settings import DBFLEET, ENGINES, INSTALLED_APPS, ROUTES, database
 
-PREFIX = "dbfleet_fleet"
+PREFIX = os.environ.get("DBFLEET_FLEET_PREFIX", "dbfleet_fleet")
 #: Nothing listens here: connecting is refused at once.
 CLOSED_PORT = 1
 

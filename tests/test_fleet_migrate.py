@@ -33,6 +33,7 @@ SERVERS = {alias: engine for alias, engine in ENGINES.items() if engine != "sqli
 class Project:
     directory: Path
     blocker: Any
+    prefix: str
 
     def fleet(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run ``fleet *args`` in a subprocess; ``env`` sets DBFLEET_FLEET_* variables."""
@@ -40,6 +41,7 @@ class Project:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.fleet_settings",
             "DBFLEET_FLEET_DIR": str(self.directory),
+            "DBFLEET_FLEET_PREFIX": self.prefix,
             "PYTHONPATH": str(ROOT),
             "PYTHONWARNINGS": "error::DeprecationWarning",
             **{f"DBFLEET_FLEET_{key.upper()}": value for key, value in env.items()},
@@ -56,7 +58,7 @@ class Project:
     def inspect(self) -> dict[str, dict[str, Any]]:
         """For each database, its tables and the migrations recorded there."""
         handler = ConnectionHandler(
-            {alias: database(alias, PREFIX, str(self.directory)) for alias in ALIASES}
+            {alias: database(alias, self.prefix, str(self.directory)) for alias in ALIASES}
         )
         found: dict[str, dict[str, Any]] = {}
         with self.blocker.unblock():
@@ -79,17 +81,35 @@ class Project:
         return found
 
 
+def fresh_project(directory: Path, blocker: Any, prefix: str) -> Iterator[Project]:
+    for alias, engine in SERVERS.items():
+        recreate(engine, f"{prefix}_{alias}")
+    yield Project(directory, blocker, prefix)
+    for alias, engine in SERVERS.items():
+        recreate(engine, f"{prefix}_{alias}", create=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path, django_db_blocker: Any) -> Iterator[Project]:
-    for alias, engine in SERVERS.items():
-        recreate(engine, f"{PREFIX}_{alias}")
-    yield Project(tmp_path, django_db_blocker)
-    for alias, engine in SERVERS.items():
-        recreate(engine, f"{PREFIX}_{alias}", create=False)
+    """Empty databases, for a test of its own."""
+    yield from fresh_project(tmp_path, django_db_blocker, PREFIX)
 
 
-def test_migrates_every_database_each_where_routed(project: Project) -> None:
-    result = project.fleet("migrate", "--jobs", "3")
+@pytest.fixture(scope="module")
+def migrated(
+    tmp_path_factory: pytest.TempPathFactory, django_db_blocker: Any
+) -> Iterator[tuple[Project, subprocess.CompletedProcess[str]]]:
+    """Databases migrated once by `fleet migrate --jobs 3`, for tests that only look."""
+    for project in fresh_project(
+        tmp_path_factory.mktemp("migrated"), django_db_blocker, f"{PREFIX}_shared"
+    ):
+        yield project, project.fleet("migrate", "--jobs", "3")
+
+
+def test_migrates_every_database_each_where_routed(
+    migrated: tuple[Project, subprocess.CompletedProcess[str]],
+) -> None:
+    project, result = migrated
     assert result.returncode == 0, result.stdout + result.stderr
     for alias in ALIASES:
         assert f"running    {alias}" in result.stdout
@@ -98,24 +118,11 @@ def test_migrates_every_database_each_where_routed(project: Project) -> None:
     assert all(line.split()[-1] == "done" for line in table.splitlines()[1:])
 
     found = project.inspect()
-    assert {
-        "library_author",
-        "auth_user",
-        "django_content_type",
-        "django_session",
-        "django_admin_log",
-    } <= found["default"]["tables"]
+    assert {"library_author", "auth_user", "django_session", "django_admin_log"} <= found[
+        "default"
+    ]["tables"]
     assert {"library_book", "library_review"} <= found["books"]["tables"]
     assert {"loans_loan", "loans_member", "loans_favourite"} <= found["loans"]["tables"]
-    contrib = {
-        "django_content_type",
-        "auth_permission",
-        "auth_user",
-        "django_session",
-        "django_admin_log",
-    }
-    for alias in ("books", "loans"):
-        assert not contrib & found[alias]["tables"], f"contrib tables leaked into {alias}"
     assert not {"library_book", "loans_loan"} & found["default"]["tables"]
     # The article's RunSQL (hint target_db="books") made its index on books only.
     assert "library_book_title_idx" in found["books"]["indexes"]
@@ -124,19 +131,33 @@ def test_migrates_every_database_each_where_routed(project: Project) -> None:
         assert ("library", "0002_email_and_title") in found[alias]["recorded"]
 
 
-def test_contrib_rows_only_where_contenttypes_live(project: Project) -> None:
-    assert project.fleet("migrate").returncode == 0
-    found = project.inspect()
-    assert "django_content_type" in found["default"]["tables"]
-    assert "django_content_type" not in found["books"]["tables"] | found["loans"]["tables"]
+def test_contrib_apps_only_where_routed(
+    migrated: tuple[Project, subprocess.CompletedProcess[str]],
+) -> None:
+    found = migrated[0].inspect()
+    contrib = {
+        "django_content_type",
+        "auth_permission",
+        "auth_user",
+        "django_session",
+        "django_admin_log",
+    }
+    assert contrib <= found["default"]["tables"]
+    for alias in ("books", "loans"):
+        assert not contrib & found[alias]["tables"], f"contrib tables leaked into {alias}"
 
 
-def test_second_run_starts_no_worker(project: Project) -> None:
-    assert project.fleet("migrate").returncode == 0
+def test_second_run_starts_no_worker(
+    migrated: tuple[Project, subprocess.CompletedProcess[str]],
+) -> None:
+    project = migrated[0]
     result = project.fleet("migrate")
     assert result.returncode == 0
     assert "running" not in result.stdout
     assert result.stdout.count("up to date") >= 2 * len(ALIASES)
+    result = project.fleet("migrate", "--check")
+    assert result.returncode == 0
+    assert "No pending migrations on default, books, loans." in result.stdout
 
 
 def test_check_exits_1_while_anything_is_pending(project: Project) -> None:
@@ -213,17 +234,25 @@ def test_server_down_fails_alone_and_a_rerun_completes(project: Project) -> None
     assert project.inspect()[down]["recorded"]
 
 
-def test_status_matrix_and_audit(project: Project) -> None:
-    before = json.loads(project.fleet("status", "--format", "json").stdout)
-    assert before["migrations"]["library.0002_email_and_title"] == {
+def test_status_before_migrating(project: Project) -> None:
+    document = json.loads(project.fleet("status", "--format", "json").stdout)
+    assert document["migrations"]["library.0002_email_and_title"] == {
         "default": "pending",
         "books": "pending",
         "loans": "not routed",
     }
-    assert project.fleet("migrate").returncode == 0
+    assert document["audit"] == []
+
+
+def test_status_audit_finds_tables_that_disagree(
+    migrated: tuple[Project, subprocess.CompletedProcess[str]],
+) -> None:
+    project = migrated[0]
+    result = project.fleet("status")
+    assert "Audit: every table is where its migrations and routes say." in result.stdout
     # Make the records lie: drop a routed table, and add a stray one where it doesn't live.
     handler = ConnectionHandler(
-        {alias: database(alias, PREFIX, str(project.directory)) for alias in ALIASES}
+        {alias: database(alias, project.prefix, str(project.directory)) for alias in ALIASES}
     )
     with project.blocker.unblock():
         with handler["books"].cursor() as cursor:
@@ -231,19 +260,27 @@ def test_status_matrix_and_audit(project: Project) -> None:
         with handler["loans"].cursor() as cursor:
             cursor.execute("CREATE TABLE library_author (id integer)")
         handler.close_all()
-
-    result = project.fleet("status")
-    assert result.returncode == 0, result.stderr
-    assert "default: " in result.stdout and "0 pending" in result.stdout
-    assert "2 table(s) disagree" in result.stdout
-    document = json.loads(project.fleet("status", "--format", "json").stdout)
-    audit = {(item["database"], item["table"]): item["problem"] for item in document["audit"]}
-    assert set(audit) == {("books", "library_review"), ("loans", "library_author")}
-    assert (
-        "recorded as applied but table library_review is missing"
-        in audit["books", "library_review"]
-    )
-    assert "stray copy" in audit["loans", "library_author"]
+    try:
+        result = project.fleet("status")
+        assert result.returncode == 0, result.stderr
+        assert "0 pending" in result.stdout
+        assert "2 table(s) disagree" in result.stdout
+        document = json.loads(project.fleet("status", "--format", "json").stdout)
+        audit = {(item["database"], item["table"]): item["problem"] for item in document["audit"]}
+        assert set(audit) == {("books", "library_review"), ("loans", "library_author")}
+        assert (
+            "recorded as applied but table library_review is missing"
+            in audit["books", "library_review"]
+        )
+        assert "`migrate library zero --fake --database books`" in audit["books", "library_review"]
+        assert "stray copy" in audit["loans", "library_author"]
+    finally:
+        with project.blocker.unblock():
+            with handler["books"].cursor() as cursor:
+                cursor.execute("CREATE TABLE library_review (id integer)")
+            with handler["loans"].cursor() as cursor:
+                cursor.execute("DROP TABLE library_author")
+            handler.close_all()
 
 
 def test_replica_is_never_migrated(project: Project) -> None:

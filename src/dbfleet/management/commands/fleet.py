@@ -12,14 +12,14 @@ from typing import Any
 
 from django.core.checks import run_checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import DatabaseError, connections
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from dbfleet.conf import get_topology
 from dbfleet.migrating.lint import lint
-from dbfleet.migrating.plan import DatabasePlan, migratable_databases, plan
+from dbfleet.migrating.plan import DatabasePlan, first_line, migratable_databases, plan
 from dbfleet.migrating.runner import Outcome, migrate_all
 from dbfleet.migrating.status import APPLIED, NOT_ROUTED, PENDING, status
 from dbfleet.routing import routes
@@ -34,6 +34,10 @@ def render(table: Table, color: bool) -> str:
     )
     console.print(table)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def add_database_option(parser: CommandParser, help: str) -> None:
@@ -209,8 +213,16 @@ class Command(BaseCommand):
         aliases = self.chosen_databases(options["databases"])
         if not options["skip_checks"]:
             # Database checks run in each worker (Django's migrate does them), where an
-            # unreachable server fails that database alone.
-            self.check()
+            # unreachable server fails that database alone. Some model checks still open
+            # connections (Django 6 asks MySQL its version), so one server down must not
+            # stop the rest here: each worker checks again before it migrates.
+            try:
+                self.check()
+            except DatabaseError as error:
+                self.stderr.write(
+                    f"System checks could not finish ({first_line(error)}); "
+                    "each database's worker runs them again."
+                )
         self.refuse_broken_hints()
         if options["plan"]:
             self.stdout.write("Would run, database by database:")
@@ -332,8 +344,9 @@ class Command(BaseCommand):
                         if step.runs
                         else self.style.WARNING("skipped  ")
                     )
+                    description = shorten(step.description, 34)
                     self.stdout.write(
-                        f"    {step.position:>2}. {step.description:<34} {verdict}  {step.reason}"
+                        f"    {step.position:>2}. {description:<34} {verdict}  {step.reason}"
                     )
                     if step.finding:
                         self.stdout.write(
