@@ -40,6 +40,10 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def add_format_option(parser: CommandParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
+
+
 def add_database_option(parser: CommandParser, help: str) -> None:
     parser.add_argument(
         "--database",
@@ -69,9 +73,7 @@ class Command(BaseCommand):
             help="Show where every model is read, written and migrated.",
             description="Show where every model is read, written and migrated, and why.",
         )
-        routes_parser.add_argument(
-            "--format", choices=("text", "json"), default="text", help="Output format."
-        )
+        add_format_option(routes_parser)
 
         migrate_parser = subcommands.add_parser(
             "migrate",
@@ -111,9 +113,7 @@ class Command(BaseCommand):
         )
         add_database_option(plan_parser, "Plan only this database (repeatable).")
         plan_parser.add_argument("--all", action="store_true", help="Include applied migrations.")
-        plan_parser.add_argument(
-            "--format", choices=("text", "json"), default="text", help="Output format."
-        )
+        add_format_option(plan_parser)
 
         status_parser = subcommands.add_parser(
             "status",
@@ -125,9 +125,7 @@ class Command(BaseCommand):
         status_parser.add_argument(
             "--all", action="store_true", help="List every migration, not only pending ones."
         )
-        status_parser.add_argument(
-            "--format", choices=("text", "json"), default="text", help="Output format."
-        )
+        add_format_option(status_parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.use_color = options["force_color"] or (
@@ -240,7 +238,7 @@ class Command(BaseCommand):
             return
 
         verbosity = options["verbosity"]
-        jobs = max(1, options["jobs"])
+        jobs = max(1, min(options["jobs"], len(aliases)))
 
         def report(outcome: Outcome, running: list[str]) -> None:
             if verbosity < 1:
