@@ -287,3 +287,13 @@ def test_replica_is_never_migrated(project: Project) -> None:
     result = project.fleet("migrate", "--database", "replica")
     assert result.returncode == 1
     assert "'replica' is never migrated" in result.stderr
+
+
+def test_a_database_waits_for_the_databases_its_migrations_depend_on(project: Project) -> None:
+    result = project.fleet("migrate", "--jobs", "3", apps="tests.dependent=loans")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    started = next(i for i, line in enumerate(lines) if line.split()[:2] == ["running", "loans"])
+    for alias in ("default", "books"):
+        done = next(i for i, line in enumerate(lines) if line.split()[:2] == ["done", alias])
+        assert done < started, result.stdout

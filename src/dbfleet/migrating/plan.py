@@ -88,6 +88,11 @@ def decide(alias: str, app_label: str, operation: Operation) -> tuple[bool, str]
     return allowed, reason
 
 
+def runs_on(alias: str, migration: Migration) -> bool:
+    """Whether any operation of ``migration`` runs on ``alias``."""
+    return any(decide(alias, migration.app_label, op)[0] for _, op in operations(migration))
+
+
 def plan_migration(
     alias: str, migration: Migration, applied: bool, findings: dict[tuple[str, str, int], Finding]
 ) -> MigrationPlan:

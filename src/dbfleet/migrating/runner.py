@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.db.migrations import Migration
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.graph import MigrationGraph
 from django.db.migrations.recorder import MigrationRecorder
 
-from dbfleet.migrating.plan import first_line
+from dbfleet.migrating.plan import first_line, runs_on
 
 #: How often the runner looks at its workers.
 POLL_SECONDS = 0.05
+#: "django.db.utils.OperationalError: ...", "SystemCheckError: ...".
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
 
 
 @dataclass
@@ -46,18 +51,11 @@ class _Worker:
     applied_before: int
 
 
-def pending_count(alias: str) -> tuple[int, int]:
-    """(pending, applied) migrations on ``alias``; raises DatabaseError when unreachable."""
-    executor = MigrationExecutor(connections[alias])
-    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    return len(plan), len(executor.loader.applied_migrations)
-
-
-def worker_command(alias: str, *, fake: bool, verbosity: int) -> list[str]:
+def worker_command(alias: str, *, fake: bool, verbosity: int, skip_checks: bool) -> list[str]:
     """Django's own migrate for one database, in a fresh interpreter."""
     command = [sys.executable, "-m", "django", "migrate", "--database", alias, "--noinput"]
-    command += ["--verbosity", str(verbosity)] + (["--fake"] if fake else [])
-    return command
+    command += ["--verbosity", str(verbosity)]
+    return command + ["--fake"] * fake + ["--skip-checks"] * skip_checks
 
 
 def worker_environment() -> dict[str, str]:
@@ -76,29 +74,74 @@ def worker_environment() -> dict[str, str]:
     }
 
 
+def pending_work(alias: str) -> tuple[list[Migration], MigrationGraph, int]:
+    """(pending migrations, graph, applied count) on ``alias``; raises DatabaseError."""
+    executor = MigrationExecutor(connections[alias])
+    plan = [
+        migration for migration, _ in executor.migration_plan(executor.loader.graph.leaf_nodes())
+    ]
+    return plan, executor.loader.graph, len(executor.loader.applied_migrations)
+
+
+def cross_database_waits(
+    work: dict[str, list[Migration]], graph: MigrationGraph
+) -> dict[str, set[str]]:
+    """Which databases each must wait for, because its migrations need their work done.
+
+    A migration that depends on one running only on another database (a data
+    migration reading users from ``default``, say) needs that database migrated
+    first; Django's ``migrate`` loop honours that only when run in the right order.
+    Dependencies on a migration that also runs here (one app on two databases)
+    need nothing from the other database and do not make it wait.
+    """
+    runs = {
+        alias: {(m.app_label, m.name) for m in pending if runs_on(alias, m)}
+        for alias, pending in work.items()
+    }
+    waits: dict[str, set[str]] = {}
+    for alias, keys in runs.items():
+        ancestors: set[tuple[str, str]] = set()
+        stack = list(keys)
+        while stack:
+            for parent in graph.node_map[stack.pop()].parents:
+                if parent.key not in ancestors:
+                    ancestors.add(parent.key)
+                    stack.append(parent.key)
+        needed = {key for key in ancestors if not runs_on(alias, cast(Migration, graph.nodes[key]))}
+        waits[alias] = {
+            other for other, theirs in runs.items() if other != alias and needed & theirs
+        }
+    return waits
+
+
 def migrate_all(
     aliases: Iterable[str],
     *,
     jobs: int,
     fake: bool = False,
     fail_fast: bool = False,
+    skip_checks: bool = False,
     verbosity: int = 1,
     report: Callable[[Outcome, list[str]], None] = lambda outcome, running: None,
 ) -> list[Outcome]:
     """Migrate ``aliases`` with at most ``jobs`` workers at once; never raises for a database.
 
     Databases with nothing to apply are found here and get no worker; a database
-    that cannot be reached fails here. ``report`` is called as each database
-    starts and ends, with the aliases still running.
+    that cannot be reached fails here. A database whose pending migrations depend
+    on migrations pending on another starts after that one is done. With
+    ``fail_fast`` no worker starts after a failure; running ones finish, because
+    stopping ``migrate`` half-way leaves MySQL's committed DDL unrecorded.
+    ``report`` is called as each database starts and ends, with those still running.
     """
     environment = worker_environment()
     outcomes: dict[str, Outcome] = {}
-    queue: list[tuple[Outcome, int]] = []
+    applied_before: dict[str, int] = {}
+    work: dict[str, list[Migration]] = {}
+    graph: MigrationGraph | None = None
     for alias in aliases:
-        outcome = Outcome(alias, connections[alias].vendor, "waiting")
-        outcomes[alias] = outcome
+        outcome = outcomes[alias] = Outcome(alias, connections[alias].vendor, "waiting")
         try:
-            outcome.pending, applied = pending_count(alias)
+            pending, graph, applied_before[alias] = pending_work(alias)
         except DatabaseError as error:
             outcome.result, outcome.error = "failed", first_line(error)
             report(outcome, [])
@@ -106,47 +149,64 @@ def migrate_all(
         finally:
             # Workers do the work; an idle connection here would only hold locks (SQLite).
             connections[alias].close()
-        if outcome.pending:
-            queue.append((outcome, applied))
+        outcome.pending = len(pending)
+        if pending:
+            work[alias] = pending
         else:
             outcome.result = "up to date"
             report(outcome, [])
+    waits = cross_database_waits(work, graph) if graph is not None else {}
 
+    queue = list(work)
     running: dict[str, _Worker] = {}
     stop = fail_fast and any(outcome.result == "failed" for outcome in outcomes.values())
-    while queue or running:
-        while queue and len(running) < jobs and not stop:
-            outcome, applied = queue.pop(0)
-            log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in _finish)
-            process = subprocess.Popen(
-                worker_command(outcome.alias, fake=fake, verbosity=verbosity),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=environment,
-            )
-            running[outcome.alias] = _Worker(outcome, process, log, time.monotonic(), applied)
-            outcome.result = "running"
-            report(outcome, list(running))
-        if stop:
-            for outcome, _ in queue:
-                outcome.result = "cancelled"
-                report(outcome, list(running))
-            queue.clear()
-        time.sleep(POLL_SECONDS)
-        for alias, worker in list(running.items()):
-            if worker.process.poll() is None:
-                if stop:
-                    worker.process.terminate()
-                continue
-            del running[alias]
-            _finish(worker, cancelled=stop)
-            report(worker.outcome, list(running))
-            stop = stop or (fail_fast and worker.outcome.result == "failed")
+    try:
+        while queue or running:
+            ready = [alias for alias in queue if not waits[alias] & {*queue, *running}]
+            if not ready and not running:
+                ready = queue[:1]  # A cycle of waits: fall back to the given order.
+            for alias in ready[: max(0, jobs - len(running))] if not stop else []:
+                queue.remove(alias)
+                running[alias] = _start(
+                    outcomes[alias],
+                    worker_command(alias, fake=fake, verbosity=verbosity, skip_checks=skip_checks),
+                    environment,
+                    applied_before[alias],
+                )
+                report(outcomes[alias], list(running))
+            if stop:
+                for alias in queue:
+                    outcomes[alias].result = "cancelled"
+                    report(outcomes[alias], list(running))
+                queue.clear()
+            time.sleep(POLL_SECONDS)
+            for alias, worker in list(running.items()):
+                if worker.process.poll() is not None:
+                    del running[alias]
+                    _finish(worker)
+                    report(worker.outcome, list(running))
+                    stop = stop or (fail_fast and worker.outcome.result == "failed")
+    finally:
+        # Interrupted (Ctrl-C): no worker outlives the command.
+        for worker in running.values():
+            worker.process.terminate()
+            worker.process.wait()
+            worker.log.close()
     return list(outcomes.values())
 
 
-def _finish(worker: _Worker, *, cancelled: bool) -> None:
+def _start(
+    outcome: Outcome, command: list[str], environment: dict[str, str], applied: int
+) -> _Worker:
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in _finish)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
+    )
+    outcome.result = "running"
+    return _Worker(outcome, process, log, time.monotonic(), applied)
+
+
+def _finish(worker: _Worker) -> None:
     outcome = worker.outcome
     outcome.seconds = time.monotonic() - worker.started
     worker.log.seek(0)
@@ -161,9 +221,9 @@ def _finish(worker: _Worker, *, cancelled: bool) -> None:
         connections[outcome.alias].close()
     if worker.process.returncode == 0:
         outcome.result = "done"
-    elif cancelled and worker.process.returncode < 0:
-        outcome.result = "cancelled"
-    else:
-        outcome.result = "failed"
-        lines = [line for line in outcome.output.splitlines() if line.strip()]
-        outcome.error = lines[-1].strip() if lines else f"exit code {worker.process.returncode}"
+        return
+    outcome.result = "failed"
+    lines = [line.strip() for line in outcome.output.splitlines() if line.strip()]
+    # The exception line, not a HINT or a traceback frame that may follow it.
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    outcome.error = (errors or lines or [f"exit code {worker.process.returncode}"])[-1]

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 
 from django.apps import apps
 from django.db import DatabaseError, connections, router
-from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import CreateModel
 from django.db.migrations.recorder import MigrationRecorder
 
 from dbfleet.migrating.lint import operations
-from dbfleet.migrating.plan import decide, first_line, migratable_databases
+from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.topology import owner_label
 
 APPLIED, PENDING, NOT_ROUTED = "applied", "pending", "not routed"
@@ -38,10 +37,6 @@ class Status:
 
     def count(self, alias: str, state: str) -> int:
         return sum(1 for states in self.migrations.values() if states.get(alias) == state)
-
-
-def runs_anywhere_on(alias: str, migration: Migration) -> bool:
-    return any(decide(alias, migration.app_label, op)[0] for _, op in operations(migration))
 
 
 def creators(loader: MigrationLoader) -> dict[str, tuple[str, str]]:
@@ -81,7 +76,7 @@ def status(aliases: list[str] | None = None) -> Status:
         for key in order:
             if key in recorded:
                 state = APPLIED
-            elif runs_anywhere_on(alias, loader.graph.nodes[key]):
+            elif runs_on(alias, loader.graph.nodes[key]):
                 state = PENDING
             else:
                 state = NOT_ROUTED

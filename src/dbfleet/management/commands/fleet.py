@@ -272,6 +272,7 @@ class Command(BaseCommand):
                 jobs=jobs,
                 fake=options["fake"],
                 fail_fast=options["fail_fast"],
+                skip_checks=options["skip_checks"],
                 verbosity=verbosity,
                 report=report,
             )

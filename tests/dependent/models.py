@@ -1,0 +1,5 @@
+from django.db import models
+
+
+class Subscriber(models.Model):
+    email = models.EmailField()
