@@ -217,3 +217,8 @@ def test_w003_unhinted_operation_in_a_split_app() -> None:
 
 def test_w003_silent_for_an_app_routed_as_a_whole() -> None:
     assert migration_problems("unhinted", app="loans") == []
+
+
+def test_e016_route_to_an_auto_created_model() -> None:
+    message = only(problems(ROUTES={**ROUTES, "loans.Loan_books_read": "default"}), "dbfleet.E016")
+    assert "auto-created model 'loans.Loan_books_read'" in message.msg

@@ -160,3 +160,19 @@ def test_status_of_the_test_databases() -> None:
     call_command("fleet", "status", "--all", stdout=stdout)
     assert "Audit: every table is where its migrations and routes say." in stdout.getvalue()
     assert "library.0002_email_and_title" in stdout.getvalue()
+
+
+def test_string_model_hints_resolve_like_classes() -> None:
+    by_proxy = migrations.RunPython(migrations.RunPython.noop, hints={"model": "library.BookProxy"})
+    assert runs_on("library", by_proxy) == ["books"]
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.unknown_target"})
+def test_lint_finds_targets_that_run_nowhere() -> None:
+    (finding,) = lint()
+    assert finding.kind == "unknown-target" and "'bokks'" in finding.problem
+
+
+def test_migratable_databases_skip_aliases_nothing_is_routed_to() -> None:
+    with override_settings(DBFLEET={"ROUTES": {"library.Book": "books"}}):
+        assert migratable_databases() == ["default", "books"]

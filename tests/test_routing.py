@@ -190,3 +190,13 @@ def test_relation_across_groups_is_refused() -> None:
     member._state.db = "default"  # As if read with Member.objects.using("default").
     with pytest.raises(ValueError, match="router prevents this relation"):
         Loan(book_id=1).member = member
+
+
+@override_settings(DBFLEET={"ROUTES": {"library": "books"}, "REPLICAS": {"books": ["replica"]}})
+def test_writes_go_to_the_primary_even_for_an_instance_read_from_a_replica() -> None:
+    book = Book()
+    book._state.db = "replica"
+    assert router.db_for_write(Book, instance=book) == "books"
+    elsewhere = Book()
+    elsewhere._state.db = "loans"  # Another group: the route wins; save(using=...) to override.
+    assert router.db_for_write(Book, instance=elsewhere) == "books"

@@ -64,14 +64,14 @@ def check_route_targets(
                 )
             )
             continue
-        if model._meta.proxy:
-            concrete = model._meta.concrete_model
-            assert concrete is not None
+        owner: Any = model._meta.auto_created or model._meta.concrete_model
+        if owner is not model:
+            kind = "proxy" if model._meta.proxy else "auto-created"
             errors.append(
                 Error(
-                    f"{where} routes proxy model {model._meta.label!r}; a proxy shares its "
-                    f"table with {concrete._meta.label!r} and always lives where it does.",
-                    hint=f'Route "{concrete._meta.label}" instead, or remove this route.',
+                    f"{where} routes {kind} model {model._meta.label!r}, which shares its "
+                    f"database with {owner._meta.label!r} and always lives where it does.",
+                    hint=f'Route "{owner._meta.label}" instead, or remove this route.',
                     obj=OBJ,
                     id="dbfleet.E016",
                 )
@@ -173,8 +173,13 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                     Error(
                         f"{where}; a foreign key constraint cannot span two databases.",
                         hint=f"Route {model._meta.label} and {related._meta.label} to one "
-                        "database, or make the relation soft: db_constraint=False, assigned "
-                        f"by id ({field.name}_id = ...), or a plain {field.name}_id field.",
+                        "database, or make the relation soft: "
+                        + (
+                            "a through model in one of the databases holding plain id fields."
+                            if field.many_to_many
+                            else f"db_constraint=False, assigned by id ({field.name}_id = ...), "
+                            f"or a plain {field.name}_id field."
+                        ),
                         obj=field,
                         id="dbfleet.E014",
                     )

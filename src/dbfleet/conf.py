@@ -298,6 +298,7 @@ ANSWERS = _Answers()
 
 
 def reset() -> None:
+    """Forget the parsed settings and the topology; the next use reads them again."""
     fleet_settings.cache_clear()
     get_topology.cache_clear()
     ANSWERS.clear()

@@ -31,7 +31,15 @@ class Router:
         return alias
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
-        return ANSWERS[model]
+        alias = ANSWERS[model]
+        if hints and alias is not None and (instance := hints.get("instance")) is not None:
+            # An instance read from another primary of the group (not a replica) is
+            # saved back there, as Django does without routers.
+            db = instance._state.db
+            topology = get_topology()
+            if db is not None and db != alias and topology.same_group(db, alias):
+                return alias if topology.is_replica(db) else db
+        return alias
 
     def allow_relation(self, obj1: models.Model, obj2: models.Model, **hints: Any) -> bool:
         """Allow a relation only between objects of one group (a primary and its replicas)."""
@@ -67,7 +75,7 @@ def explain_migrate(
         return allowed, f"hint target_db={target_db!r}"
     model = hints.get("model")
     if model is not None:
-        label = model.lower() if isinstance(model, str) else owner_label(model)
+        label = model_hint_label(model)
         home = topology.database_for_label(label)
         return db == home, f"hint model={label}, which lives in {home!r}"
     if model_name is not None:
@@ -81,6 +89,16 @@ def explain_migrate(
             f"DEFAULT_DATABASE {home!r}"
         )
     return db == home, f"no hints; app {app_label!r} lives in {home!r}"
+
+
+def model_hint_label(model: Any) -> str:
+    """The owner label of a ``model`` hint: a model class or ``"app_label.Model"``."""
+    if isinstance(model, str):
+        try:
+            model = apps.get_model(model)
+        except (LookupError, ValueError):
+            return str(model).lower()  # Not installed (any more): route by its label.
+    return owner_label(model)
 
 
 def route_source(label: str) -> str:

@@ -193,16 +193,16 @@ class Topology:
 
     def database_for_app_operations(self, app_label: str) -> str:
         """Where a migration operation of ``app_label`` without hints runs."""
-        app_operations = self.app_operations.get(app_label)
-        if app_operations is not None:
-            return app_operations
-        return self.app_routes.get(app_label, self.default_database)
+        return self.app_operations.get(app_label, self.default_database)
 
     def is_replica(self, alias: str) -> bool:
+        """Whether ``alias`` is a replica of another database."""
         return self.group_of.get(alias, alias) != alias
 
     def primary_of(self, alias: str) -> str:
+        """The primary of the group ``alias`` belongs to (itself, for a primary)."""
         return self.group_of.get(alias, alias)
 
     def same_group(self, alias1: str, alias2: str) -> bool:
+        """Whether two databases hold the same data (a primary and its replicas)."""
         return self.primary_of(alias1) == self.primary_of(alias2)

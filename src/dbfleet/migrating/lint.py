@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import SeparateDatabaseAndState
 from django.db.migrations.operations.base import Operation
 
 from dbfleet.conf import get_topology
+from dbfleet.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,21 @@ def describe(operation: Operation) -> str:
     return f"{name} {code_name}" if code_name else name
 
 
+def hinted_databases(loader: MigrationLoader | None = None) -> set[str]:
+    """Every database named by a ``target_db`` hint."""
+    loader = loader or MigrationLoader(None, ignore_no_migrations=True)
+    found: set[object] = set()
+    for migration in loader.disk_migrations.values():
+        for _, operation in operations(migration):
+            target = (getattr(operation, "hints", None) or {}).get("target_db")
+            found.update([target] if isinstance(target, str) else _as_list(target))
+    return {alias for alias in found if isinstance(alias, str)}
+
+
+def _as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple | set | frozenset) else []
+
+
 def lint(loader: MigrationLoader | None = None) -> list[Finding]:
     """Operations with a ``db`` hint (which crashes migrate) or unhinted in a split app."""
     loader = loader or MigrationLoader(None, ignore_no_migrations=True)
@@ -94,14 +111,16 @@ def lint(loader: MigrationLoader | None = None) -> list[Finding]:
                         fix=f"hints={target!r}",
                     )
                 )
-            elif unknown := _unknown_targets(hints.get("target_db"), topology.databases):
+            elif unknown := _unknown_targets(hints, topology):
+                primaries = ", ".join(map(repr, topology.groups))
                 findings.append(
                     Finding(
                         "unknown-target",
                         **where,
-                        problem=f"has hints={hints!r}, naming {', '.join(map(repr, unknown))}, "
-                        "which is not in DATABASES, so it runs nowhere",
-                        fix=f"target_db one of {', '.join(map(repr, topology.databases))}",
+                        problem=f"has hints={hints!r}, naming {', '.join(unknown)}, which no "
+                        "migration runs on (not in DATABASES, a replica, or not a model), "
+                        "so it runs nowhere",
+                        fix=f"target_db one of {primaries}, or model='app_label.Model'",
                     )
                 )
             elif not hints and app_label in topology.split_apps:
@@ -119,8 +138,21 @@ def lint(loader: MigrationLoader | None = None) -> list[Finding]:
     return findings
 
 
-def _unknown_targets(target_db: object, databases: tuple[str, ...]) -> list[str]:
-    if target_db is None:
-        return []
-    targets = [target_db] if isinstance(target_db, str) else list(target_db)  # type: ignore[call-overload]
-    return [str(target) for target in targets if target not in databases]
+def _unknown_targets(hints: dict[str, Any], topology: Topology) -> list[str]:
+    """The ``target_db`` or ``model`` hint values that name nothing migrations run on."""
+    unknown = []
+    target_db, model = hints.get("target_db"), hints.get("model")
+    if target_db is not None:
+        targets = [target_db] if isinstance(target_db, str) else _as_list(target_db)
+        unknown += [repr(target_db)] if not targets else []
+        unknown += [
+            repr(target)
+            for target in targets
+            if target not in topology.databases or topology.is_replica(str(target))
+        ]
+    if isinstance(model, str):
+        try:
+            apps.get_model(model)
+        except (LookupError, ValueError):
+            unknown.append(repr(model))
+    return unknown

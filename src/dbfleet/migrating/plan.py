@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import DatabaseError, connections, router
 from django.db.migrations import Migration
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.operations.base import Operation
 
 from dbfleet.conf import get_topology
-from dbfleet.migrating.lint import Finding, describe, lint, operations
+from dbfleet.migrating.lint import Finding, describe, hinted_databases, lint, operations
 from dbfleet.routing import explain_migrate
 
 
@@ -43,17 +44,25 @@ class DatabasePlan:
     migrations: tuple[MigrationPlan, ...] = ()
     #: Why the plan could not be made (the server is down, say), else None.
     error: str | None = None
-    pending: int = field(default=0)
+    pending: int = 0
 
 
 def migratable_databases() -> list[str]:
-    """Every database that migrations run on: not replicas, not test mirrors."""
+    """Databases migrations run on: ``DEFAULT_DATABASE``, route targets and ``target_db`` hints.
+
+    Never replicas, test mirrors or a dummy ``default`` (Django's ``"default": {}``);
+    an alias nothing is routed to would only get every migration recorded as applied.
+    """
     topology = get_topology()
+    wanted = {topology.default_database, *topology.model_routes.values()}
+    wanted |= {*topology.app_routes.values(), *hinted_databases()}
     return [
         alias
         for alias in connections
-        if not topology.is_replica(alias)
+        if alias in wanted
+        and not topology.is_replica(alias)
         and not connections.settings[alias].get("TEST", {}).get("MIRROR")
+        and connections.settings[alias]["ENGINE"] != "django.db.backends.dummy"
     ]
 
 
@@ -81,6 +90,9 @@ def decide(alias: str, app_label: str, operation: Operation) -> tuple[bool, str]
         options = getattr(operation, "options", {})
         if options.get("proxy") or options.get("managed") is False:
             return False, "proxy or unmanaged model: no table"
+        swappable = options.get("swappable")
+        if swappable and getattr(settings, swappable, None) != f"{app_label}.{operation.name}":  # type: ignore[attr-defined]
+            return False, f"swapped out by settings.{swappable}: no table"
         allowed = router.allow_migrate(alias, app_label, model_name=model_name)
         ours, reason = explain_migrate(alias, app_label, model_name)
     if allowed != ours:
@@ -96,6 +108,7 @@ def runs_on(alias: str, migration: Migration) -> bool:
 def plan_migration(
     alias: str, migration: Migration, applied: bool, findings: dict[tuple[str, str, int], Finding]
 ) -> MigrationPlan:
+    """Each operation of ``migration`` on ``alias``: whether it runs, why, and any finding."""
     steps = []
     for position, operation in operations(migration):
         runs, reason = decide(alias, migration.app_label, operation)
@@ -134,5 +147,6 @@ def plan(aliases: Iterable[str] | None = None, include_applied: bool = False) ->
 
 
 def first_line(error: BaseException) -> str:
+    """``"OperationalError: the first line of its message"``."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

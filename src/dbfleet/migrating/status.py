@@ -8,7 +8,6 @@ from django.apps import apps
 from django.db import DatabaseError, connections, router
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import CreateModel
-from django.db.migrations.recorder import MigrationRecorder
 
 from dbfleet.migrating.lint import operations
 from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
@@ -67,7 +66,10 @@ def status(aliases: list[str] | None = None) -> Status:
     for alias in aliases:
         connection = connections[alias]
         try:
-            recorded = set(MigrationRecorder(connection).applied_migrations())
+            # Loaded per database so a squashed migration counts as applied where
+            # everything it replaces is.
+            loaded = MigrationLoader(connection, ignore_no_migrations=True)
+            recorded = set(loaded.applied_migrations)
             with connection.cursor() as cursor:
                 tables = set(connection.introspection.table_names(cursor))
         except DatabaseError as error:
@@ -99,9 +101,11 @@ def audit(
         if opts.proxy or not opts.managed:
             continue
         table, label = opts.db_table, opts.label
-        routed_here = router.allow_migrate_model(alias, model)
-        creator = created_by.get(owner_label(model))
         present = table in tables
+        # A many-to-many table may come from a later AddField rather than its model's
+        # CreateModel: for it, only say where it should not be.
+        creator = None if opts.auto_created else created_by.get(owner_label(model))
+        routed_here = router.allow_migrate_model(alias, model)
         if routed_here and creator in recorded and not present:
             problem = (
                 f"{creator[0]}.{creator[1]} is recorded as applied but table {table} is "
@@ -117,7 +121,8 @@ def audit(
         elif routed_here and present and creator is not None and creator not in recorded:
             problem = (
                 f"table {table} exists but {creator[0]}.{creator[1]} is not recorded: "
-                "migrate will fail to create it. Record it with `migrate --fake-initial`."
+                "migrate will fail to create it. Record it with "
+                f"`migrate {creator[0]} --fake-initial --database {alias}`."
             )
         else:
             continue

@@ -27,7 +27,8 @@ from dbfleet.routing import routes
 
 def render(table: Table, color: bool) -> str:
     """Render a rich table to text, wide enough not to wrap when not on a terminal."""
-    width = shutil.get_terminal_size((200, 24)).columns if color else 200
+    # Off a terminal (a file, a pipe, CI) nothing wraps: a person reading a log scrolls.
+    width = shutil.get_terminal_size((200, 24)).columns if color else 10_000
     buffer = io.StringIO()
     console = Console(
         file=buffer, width=width, color_system="standard" if color else None, highlight=False
