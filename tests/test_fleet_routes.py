@@ -102,3 +102,7 @@ def test_verbosity_zero_prints_only_the_table() -> None:
 def test_subcommand_is_required() -> None:
     with pytest.raises(CommandError, match="routes"):
         fleet()
+
+
+def test_verbosity_after_the_subcommand() -> None:
+    assert fleet("routes", "-v", "0")[0] == fleet("routes", verbosity=0)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import json
@@ -41,6 +42,18 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def add_verbosity_option(parser: CommandParser) -> None:
+    """Accept ``-v N`` after the subcommand too, as ``migrate -v 0`` does."""
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=argparse.SUPPRESS,
+        help="Verbosity level; 0=minimal output, 1=normal output, 2=verbose output.",
+    )
+
+
 def add_format_option(parser: CommandParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
 
@@ -75,6 +88,7 @@ class Command(BaseCommand):
             description="Show where every model is read, written and migrated, and why.",
         )
         add_format_option(routes_parser)
+        add_verbosity_option(routes_parser)
 
         migrate_parser = subcommands.add_parser(
             "migrate",
@@ -83,6 +97,7 @@ class Command(BaseCommand):
             "each in its own worker process running Django's migrate, several at once.",
         )
         add_database_option(migrate_parser, "Migrate only this database (repeatable).")
+        add_verbosity_option(migrate_parser)
         migrate_parser.add_argument(
             "--jobs", type=int, default=os.cpu_count() or 1, help="Databases migrated at once."
         )
@@ -115,6 +130,7 @@ class Command(BaseCommand):
         add_database_option(plan_parser, "Plan only this database (repeatable).")
         plan_parser.add_argument("--all", action="store_true", help="Include applied migrations.")
         add_format_option(plan_parser)
+        add_verbosity_option(plan_parser)
 
         status_parser = subcommands.add_parser(
             "status",
@@ -127,6 +143,7 @@ class Command(BaseCommand):
             "--all", action="store_true", help="List every migration, not only pending ones."
         )
         add_format_option(status_parser)
+        add_verbosity_option(status_parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.use_color = options["force_color"] or (
