@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: name -> module; run in this order.
-BENCHMARKS = {"routing": "bench.routing"}
+BENCHMARKS = {"routing": "bench.routing", "migrate": "bench.migrate"}
 
 
 def setup() -> None:

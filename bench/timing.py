@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -65,6 +65,7 @@ class Unit:
 
 NS = Unit("ns", 1)
 US = Unit("µs", 1_000)
+SECONDS = Unit("s", 1_000_000_000)
 
 
 def measure(
@@ -102,6 +103,8 @@ def measure(
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     """The 25th, 50th and 75th percentiles."""
+    if len(values) == 1:  # A benchmark whose rounds take seconds may run only one.
+        return values[0], values[0], values[0]
     low, middle, high = statistics.quantiles(values, n=4, method="inclusive")
     return low, middle, high
 
@@ -133,7 +136,7 @@ def report(
     unit: Unit,
     ratios: Sequence[Ratio] = (),
     limits: Mapping[str, float] | None = None,
-    note: str = "",
+    note: RenderableType = "",
 ) -> bool:
     """Print medians and ratios as tables; return whether every target was met.
 
