@@ -9,8 +9,8 @@ from typing import Any
 from django.apps import apps
 from django.db import connections, models, router
 
-from dbfleet.conf import ANSWERS, fleet_settings, get_topology
-from dbfleet.topology import owner_label, split_route_key
+from dbfleet.conf import ANSWERS, get_topology
+from dbfleet.topology import owner_label
 
 
 class Router:
@@ -22,23 +22,20 @@ class Router:
 
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
-        if hints and alias is not None and (instance := hints.get("instance")) is not None:
+        if hints and alias is not None:
             # Related objects are read where their instance was read, as in Django
             # without routers, as long as that database is in the model's group.
-            db = instance._state.db
-            if db is not None and db != alias and get_topology().same_group(db, alias):
-                return db  # type: ignore[no-any-return]
+            return _instance_database(hints, alias) or alias
         return alias
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
-        if hints and alias is not None and (instance := hints.get("instance")) is not None:
-            # An instance read from another primary of the group (not a replica) is
-            # saved back there, as Django does without routers.
-            db = instance._state.db
-            topology = get_topology()
-            if db is not None and db != alias and topology.same_group(db, alias):
-                return alias if topology.is_replica(db) else db
+        if hints and alias is not None:
+            # An instance read from another primary of its group is saved back
+            # there; one read from a replica is saved to the primary.
+            db = _instance_database(hints, alias)
+            if db is not None and not get_topology().is_replica(db):
+                return db
         return alias
 
     def allow_relation(self, obj1: models.Model, obj2: models.Model, **hints: Any) -> bool:
@@ -59,7 +56,44 @@ class Router:
         Without hints an operation follows its app, or ``DEFAULT_DATABASE``
         when the app's models live in more than one database.
         """
-        return explain_migrate(db, app_label, model_name, **hints)[0]
+        topology = get_topology()
+        if topology.is_replica(db):
+            return False
+        home = migrate_home(app_label, model_name, **hints)[0]
+        return db == home if isinstance(home, str) else db in home
+
+
+def _instance_database(hints: dict[str, Any], alias: str) -> str | None:
+    """The database of the ``instance`` hint when it differs from ``alias`` but is in its group."""
+    instance = hints.get("instance")
+    db: str | None = instance._state.db if instance is not None else None
+    if db is not None and db != alias and get_topology().same_group(db, alias):
+        return db
+    return None
+
+
+def migrate_home(
+    app_label: str, model_name: str | None = None, **hints: Any
+) -> tuple[Any, str, str]:
+    """(where an operation migrates, the rule that says so, its subject).
+
+    The rule is ``"target_db"`` (where: the hint's alias or aliases), ``"model"``
+    (a model hint; subject: its label), ``"model_name"`` (the operation's model),
+    ``"split"`` or ``"app"`` (an unhinted operation; subject: the app label).
+    """
+    topology = get_topology()
+    target_db = hints.get("target_db")
+    if target_db is not None:
+        return target_db, "target_db", ""
+    model = hints.get("model")
+    if model is not None:
+        label = model_hint_label(model)
+        return topology.database_for_label(label), "model", label
+    if model_name is not None:
+        label = f"{app_label}.{model_name}"
+        return topology.database_for_label(label), "model_name", label
+    rule = "split" if app_label in topology.split_apps else "app"
+    return topology.database_for_app_operations(app_label), rule, app_label
 
 
 def explain_migrate(
@@ -69,26 +103,17 @@ def explain_migrate(
     topology = get_topology()
     if topology.is_replica(db):
         return False, f"{db!r} is a replica of {topology.primary_of(db)!r}"
-    target_db = hints.get("target_db")
-    if target_db is not None:
-        allowed = db == target_db if isinstance(target_db, str) else db in target_db
-        return allowed, f"hint target_db={target_db!r}"
-    model = hints.get("model")
-    if model is not None:
-        label = model_hint_label(model)
-        home = topology.database_for_label(label)
-        return db == home, f"hint model={label}, which lives in {home!r}"
-    if model_name is not None:
-        label = f"{app_label}.{model_name}"
-        home = topology.database_for_label(label)
-        return db == home, f"{label} lives in {home!r} ({route_source(label)})"
-    home = topology.database_for_app_operations(app_label)
-    if app_label in topology.split_apps:
-        return db == home, (
-            f"no hints; app {app_label!r} is split across databases, so it runs on "
-            f"DEFAULT_DATABASE {home!r}"
-        )
-    return db == home, f"no hints; app {app_label!r} lives in {home!r}"
+    home, rule, subject = migrate_home(app_label, model_name, **hints)
+    allowed = db == home if isinstance(home, str) else db in home
+    reason = {
+        "target_db": f"hint target_db={home!r}",
+        "model": f"hint model={subject}, which lives in {home!r}",
+        "model_name": f"{subject} lives in {home!r} ({route_source(subject)})",
+        "split": f"no hints; app {subject!r} is split across databases, so it runs on "
+        f"DEFAULT_DATABASE {home!r}",
+        "app": f"no hints; app {subject!r} lives in {home!r}",
+    }[rule]
+    return allowed, reason
 
 
 def model_hint_label(model: Any) -> str:
@@ -103,13 +128,9 @@ def model_hint_label(model: Any) -> str:
 
 def route_source(label: str) -> str:
     """The setting that places the model ``app_label.model_name``."""
-    app_label, _, model_name = label.lower().partition(".")
-    for key in fleet_settings().routes:
-        if split_route_key(key) == (app_label, model_name):
-            return f'ROUTES["{key}"]'
-    if app_label in get_topology().app_routes:
-        return f'ROUTES["{app_label}"]'
-    return "DEFAULT_DATABASE"
+    route_keys = get_topology().route_keys
+    key = route_keys.get(label.lower()) or route_keys.get(label.partition(".")[0])
+    return f'ROUTES["{key}"]' if key else "DEFAULT_DATABASE"
 
 
 def database_for(model_or_instance: type[models.Model] | models.Model, write: bool = False) -> str:

@@ -99,6 +99,8 @@ class Topology:
     default_database: str
     model_routes: Mapping[str, str]
     app_routes: Mapping[str, str]
+    #: ``"app_label.model_name"`` or ``"app_label"`` -> the ROUTES key as written.
+    route_keys: Mapping[str, str]
     groups: Mapping[str, Group]
     group_of: Mapping[str, str]
     #: Where unhinted migration operations of each known app run.
@@ -130,12 +132,15 @@ class Topology:
         databases = tuple(databases)
         model_routes: dict[str, str] = {}
         app_routes: dict[str, str] = {}
+        route_keys: dict[str, str] = {}
         for key, alias in routes.items():
             app_label, model_name = split_route_key(key)
             if model_name is None:
                 app_routes[app_label] = alias
+                route_keys[app_label] = key
             else:
                 model_routes[f"{app_label}.{model_name}"] = alias
+                route_keys[f"{app_label}.{model_name}"] = key
 
         replica_groups = {
             primary: Group(primary, tuple(found)) for primary, found in replicas.items()
@@ -154,6 +159,7 @@ class Topology:
             default_database=default_database,
             model_routes=MappingProxyType(model_routes),
             app_routes=MappingProxyType(app_routes),
+            route_keys=MappingProxyType(route_keys),
             groups=MappingProxyType(groups),
             group_of=MappingProxyType(group_of),
             app_operations=MappingProxyType({}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
+from django.core.signals import setting_changed
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import SeparateDatabaseAndState
 from django.db.migrations.operations.base import Operation
+from django.dispatch import receiver
 
 from dbfleet.conf import get_topology
 from dbfleet.topology import Topology
@@ -65,27 +68,45 @@ def describe(operation: Operation) -> str:
     return f"{name} {code_name}" if code_name else name
 
 
-def hinted_databases(loader: MigrationLoader | None = None) -> set[str]:
+@functools.cache
+def disk_migrations() -> MigrationLoader:
+    """The project's migrations as on disk (no database is asked), loaded once.
+
+    Checks, ``fleet plan``, ``status`` and ``migrate`` all read them; loading
+    them again for each would build the graph several times per command.
+    """
+    return MigrationLoader(None, ignore_no_migrations=True)
+
+
+@receiver(setting_changed)
+def _setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"INSTALLED_APPS", "MIGRATION_MODULES"}:
+        disk_migrations.cache_clear()
+
+
+def targets(target_db: object) -> list[object]:
+    """The aliases of a ``target_db`` hint (one alias or a list); [] for anything else."""
+    if isinstance(target_db, str):
+        return [target_db]
+    return list(target_db) if isinstance(target_db, list | tuple | set | frozenset) else []
+
+
+def hinted_databases() -> set[str]:
     """Every database named by a ``target_db`` hint."""
-    loader = loader or MigrationLoader(None, ignore_no_migrations=True)
-    found: set[object] = set()
-    for migration in loader.disk_migrations.values():
-        for _, operation in operations(migration):
-            target = (getattr(operation, "hints", None) or {}).get("target_db")
-            found.update([target] if isinstance(target, str) else _as_list(target))
-    return {alias for alias in found if isinstance(alias, str)}
+    hinted = (
+        alias
+        for migration in disk_migrations().disk_migrations.values()
+        for _, operation in operations(migration)
+        for alias in targets((getattr(operation, "hints", None) or {}).get("target_db"))
+    )
+    return {alias for alias in hinted if isinstance(alias, str)}
 
 
-def _as_list(value: object) -> list[object]:
-    return list(value) if isinstance(value, list | tuple | set | frozenset) else []
-
-
-def lint(loader: MigrationLoader | None = None) -> list[Finding]:
+def lint() -> list[Finding]:
     """Operations with a ``db`` hint (which crashes migrate) or unhinted in a split app."""
-    loader = loader or MigrationLoader(None, ignore_no_migrations=True)
     topology = get_topology()
     findings: list[Finding] = []
-    for (app_label, name), migration in sorted(loader.disk_migrations.items()):
+    for (app_label, name), migration in sorted(disk_migrations().disk_migrations.items()):
         for position, operation in operations(migration):
             hints: Any = getattr(operation, "hints", None)
             if not isinstance(hints, dict):
@@ -143,12 +164,12 @@ def _unknown_targets(hints: dict[str, Any], topology: Topology) -> list[str]:
     unknown = []
     target_db, model = hints.get("target_db"), hints.get("model")
     if target_db is not None:
-        targets = [target_db] if isinstance(target_db, str) else _as_list(target_db)
-        unknown += [repr(target_db)] if not targets else []
+        aliases = targets(target_db)
+        unknown += [repr(target_db)] if not aliases else []
         unknown += [
-            repr(target)
-            for target in targets
-            if target not in topology.databases or topology.is_replica(str(target))
+            repr(alias)
+            for alias in aliases
+            if alias not in topology.databases or topology.is_replica(str(alias))
         ]
     if isinstance(model, str):
         try:

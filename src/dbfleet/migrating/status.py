@@ -9,7 +9,7 @@ from django.db import DatabaseError, connections, router
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import CreateModel
 
-from dbfleet.migrating.lint import operations
+from dbfleet.migrating.lint import disk_migrations, operations
 from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.topology import owner_label
 
@@ -52,7 +52,7 @@ def creators(loader: MigrationLoader) -> dict[str, tuple[str, str]]:
 def status(aliases: list[str] | None = None) -> Status:
     """Which migration is applied where, and which tables disagree with the records."""
     aliases = migratable_databases() if aliases is None else aliases
-    loader = MigrationLoader(None, ignore_no_migrations=True)
+    loader = disk_migrations()
     order = list(
         dict.fromkeys(
             key for leaf in loader.graph.leaf_nodes() for key in loader.graph.forwards_plan(leaf)
