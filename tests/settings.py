@@ -47,8 +47,13 @@ DATABASES = {alias: database(alias) for alias in ENGINES}
 DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 
 DATABASE_ROUTERS = ["dbfleet.Router"]
-ROUTES = {"library.Book": "books", "library.Review": "books", "loans": "loans"}
-DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": ["replica"]}}
+ROUTES = {
+    "library.Book": "books",
+    "library.Review": "books",
+    "loans": "loans",
+    "bank.Vault": "books",
+}
+DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": ["replica"]}, "WRITE_GUARD": "raise"}
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
@@ -56,6 +61,7 @@ INSTALLED_APPS = [
     "dbfleet",
     "tests.library",
     "tests.loans",
+    "tests.bank",
 ]
 SECRET_KEY = "dbfleet-tests"
 USE_TZ = True

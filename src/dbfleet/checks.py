@@ -8,7 +8,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import models, router
+from django.db import connections, models, router
 
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
 from dbfleet.migrating.lint import lint
@@ -246,3 +246,37 @@ def check_migration_hints(
             )
         )
     return messages
+
+
+@register(TAG, Tags.database)
+def check_prepared_transactions(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W004: PostgreSQL refuses two-phase commit until prepared transactions are enabled."""
+    if databases is None:
+        return []
+    topology = get_topology()
+    warnings: list[CheckMessage] = []
+    for alias in databases:
+        connection = connections[alias]
+        if connection.vendor != "postgresql" or topology.is_replica(alias):
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW max_prepared_transactions")
+            (value,) = cursor.fetchone()
+        if int(value) == 0:
+            warnings.append(
+                Warning(
+                    f"Database {alias!r} (PostgreSQL) has max_prepared_transactions = 0, so it "
+                    "cannot take part in dbfleet.atomic(..., two_phase=True).",
+                    hint="Run ALTER SYSTEM SET max_prepared_transactions = 64 (at least the "
+                    "number of two-phase transactions that may run at once) and restart the "
+                    "server. If you never use two_phase=True, add 'dbfleet.W004' to "
+                    "SILENCED_SYSTEM_CHECKS.",
+                    obj=f"settings.DATABASES[{alias!r}]",
+                    id="dbfleet.W004",
+                )
+            )
+    return warnings

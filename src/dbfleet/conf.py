@@ -24,7 +24,8 @@ from django.dispatch import receiver
 
 from dbfleet.topology import Replica, Topology
 
-KNOWN_KEYS = ("DEFAULT_DATABASE", "REPLICAS", "ROUTES")
+KNOWN_KEYS = ("DEFAULT_DATABASE", "RECOVERY_GRACE", "REPLICAS", "ROUTES", "WRITE_GUARD")
+WRITE_GUARD_MODES = ("warn", "raise", "off")
 ROUTE_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", re.ASCII)
 OBJ = "settings.DBFLEET"
 
@@ -37,6 +38,8 @@ class FleetSettings:
     default_database: str = DEFAULT_DB_ALIAS
     routes: Mapping[str, str] = field(default_factory=dict)
     replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
+    write_guard: str | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
+    recovery_grace: float = 60.0
     problems: tuple[CheckMessage, ...] = ()
 
 
@@ -107,11 +110,37 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
             )
         )
         default_database = DEFAULT_DB_ALIAS
+    write_guard = raw.get("WRITE_GUARD")
+    if write_guard is not None and write_guard not in WRITE_GUARD_MODES:
+        problems.append(
+            Error(
+                f'DBFLEET["WRITE_GUARD"] is {write_guard!r}.',
+                hint='Use "warn", "raise" or "off", or leave it out: then it warns when DEBUG '
+                "is on and in tests." + did_you_mean(write_guard, WRITE_GUARD_MODES),
+                obj=OBJ,
+                id="dbfleet.E019",
+            )
+        )
+        write_guard = None
+    grace = raw.get("RECOVERY_GRACE", FleetSettings.recovery_grace)
+    if type(grace) not in (int, float) or not 0 <= grace < float("inf"):
+        problems.append(
+            Error(
+                f'DBFLEET["RECOVERY_GRACE"] is {grace!r}.',
+                hint="Give the seconds `fleet recover` waits before it rolls back a prepared "
+                "transaction without a decision, a number >= 0 (default 60).",
+                obj=OBJ,
+                id="dbfleet.E020",
+            )
+        )
+        grace = FleetSettings.recovery_grace
     return FleetSettings(
         configured=True,
         default_database=default_database,
         routes=routes,
         replicas=replicas,
+        write_guard=write_guard,
+        recovery_grace=float(grace),
         problems=tuple(problems),
     )
 

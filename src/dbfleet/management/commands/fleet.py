@@ -24,6 +24,7 @@ from dbfleet.migrating.plan import DatabasePlan, first_line, migratable_database
 from dbfleet.migrating.runner import Outcome, migrate_all
 from dbfleet.migrating.status import APPLIED, NOT_ROUTED, PENDING, status
 from dbfleet.routing import routes
+from dbfleet.two_phase import find_in_doubt, participants, recover
 
 
 def render(table: Table, color: bool) -> str:
@@ -70,7 +71,10 @@ def add_database_option(parser: CommandParser, help: str) -> None:
 
 
 class Command(BaseCommand):
-    help = "Show and operate the project's databases. Subcommands: routes, migrate, plan, status."
+    help = (
+        "Show and operate the project's databases. "
+        "Subcommands: routes, migrate, plan, status, recover."
+    )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.
     requires_system_checks: list[str] = []
@@ -80,7 +84,7 @@ class Command(BaseCommand):
             dest="subcommand",
             title="subcommands",
             required=True,
-            metavar="{routes,migrate,plan,status}",
+            metavar="{routes,migrate,plan,status,recover}",
         )
         routes_parser = subcommands.add_parser(
             "routes",
@@ -144,6 +148,26 @@ class Command(BaseCommand):
         )
         add_format_option(status_parser)
         add_verbosity_option(status_parser)
+
+        recover_parser = subcommands.add_parser(
+            "recover",
+            help="Settle in-doubt two-phase transactions on every database.",
+            description="Find the two-phase transactions left prepared on every PostgreSQL and "
+            "MariaDB database and settle each: commit where the decision to commit was recorded, "
+            "roll back where it was not and the transaction is older than the grace period.",
+        )
+        recover_parser.add_argument(
+            "--grace",
+            type=float,
+            metavar="SECONDS",
+            help='Roll back undecided transactions older than this (default: DBFLEET["RECOVERY_'
+            'GRACE"], 60). Younger ones may still be committing.',
+        )
+        recover_parser.add_argument(
+            "--dry-run", action="store_true", help="Say what would be done, and do nothing."
+        )
+        add_format_option(recover_parser)
+        add_verbosity_option(recover_parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.use_color = options["force_color"] or (
@@ -373,8 +397,16 @@ class Command(BaseCommand):
 
     def handle_status(self, *, format: str, **options: Any) -> None:
         result = status(self.chosen_databases(options["databases"]))
+        capable = [alias for alias in participants() if alias not in result.errors]
+        found, _ = find_in_doubt([alias for alias in result.databases if alias in capable])
+        in_doubt = {
+            alias: sum(prepared.alias == alias for prepared in found)
+            for alias in result.databases
+            if alias in capable
+        }
         if format == "json":
-            self.stdout.write(json.dumps(dataclasses.asdict(result), indent=2))
+            document = {**dataclasses.asdict(result), "in_doubt": in_doubt}
+            self.stdout.write(json.dumps(document, indent=2))
             return
         for alias in result.databases:
             if alias in result.errors:
@@ -383,6 +415,12 @@ class Command(BaseCommand):
             counts = ", ".join(
                 f"{result.count(alias, state)} {state}" for state in (APPLIED, PENDING, NOT_ROUTED)
             )
+            if in_doubt.get(alias):
+                counts += ", " + self.style.ERROR(
+                    f"{in_doubt[alias]} in-doubt transaction(s): run `fleet recover`"
+                )
+            elif alias in in_doubt:
+                counts += ", 0 in doubt"
             self.stdout.write(f"{self.style.MIGRATE_HEADING(alias)}: {counts}")
         reachable = [alias for alias in result.databases if alias not in result.errors]
         rows = [
@@ -409,3 +447,76 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {item.database}: {item.model}: {item.problem}")
         else:
             self.stdout.write("\nAudit: every table is where its migrations and routes say.")
+
+    def handle_recover(
+        self, *, grace: float | None, dry_run: bool, format: str, **options: Any
+    ) -> None:
+        if grace is not None and not 0 <= grace < float("inf"):
+            raise CommandError(f"--grace must be a number of seconds >= 0, not {grace:g}.")
+        try:
+            result = recover(grace, dry_run=dry_run)
+        except DatabaseError as error:
+            raise CommandError(
+                f"Could not read the decision log ({error}). It lives in the dbfleet_decision "
+                "table on DEFAULT_DATABASE: run `manage.py fleet migrate` to create it, and "
+                "check that the database is reachable.",
+                returncode=1,
+            ) from error
+        failed = [outcome for outcome in result.outcomes if outcome.action == "failed"]
+        if format == "json":
+            document = {
+                "outcomes": [
+                    {
+                        "database": outcome.prepared.alias,
+                        "transaction": outcome.prepared.transaction_id,
+                        "age_seconds": round(outcome.prepared.age, 1),
+                        "action": outcome.action,
+                        "detail": outcome.detail,
+                    }
+                    for outcome in result.outcomes
+                ],
+                "unreachable": result.unreachable,
+                "purged_decisions": result.purged,
+            }
+            self.stdout.write(json.dumps(document, indent=2))
+        else:
+            self.write_recovery(result, options["verbosity"])
+        if failed or result.unreachable:
+            raise CommandError(
+                "Some transactions could not be settled (see above); fix the connection and "
+                "run `fleet recover` again. Nothing was settled differently on two databases.",
+                returncode=1,
+            )
+
+    def write_recovery(self, result: Any, verbosity: int) -> None:
+        for alias, error in result.unreachable.items():
+            self.stdout.write(self.style.ERROR(f"{alias}: unreachable: {first_line(error)}"))
+        if not result.outcomes:
+            if verbosity:
+                self.stdout.write("No in-doubt transactions.")
+            return
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("database", "transaction", "age", "action", "why"):
+            table.add_column(column)
+        for outcome in result.outcomes:
+            age = f"{outcome.prepared.age:.0f} s"
+            table.add_row(
+                outcome.prepared.alias,
+                outcome.prepared.transaction_id,
+                age,
+                outcome.action,
+                outcome.detail,
+            )
+        self.stdout.write(render(table, color=self.use_color))
+        counts: dict[str, int] = {}
+        for outcome in result.outcomes:
+            counts[outcome.action] = counts.get(outcome.action, 0) + 1
+        summary = ", ".join(f"{count} {action}" for action, count in counts.items())
+        self.stdout.write(f"\n{summary}.")
+        if counts.get("waiting"):
+            self.stdout.write(
+                "Waiting transactions may still be committing; run `fleet recover` again "
+                "after the grace period."
+            )
+        if result.purged and verbosity:
+            self.stdout.write(f"Purged {result.purged} settled decision(s) from the log.")

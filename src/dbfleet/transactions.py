@@ -1,0 +1,429 @@
+"""Transactions over several databases: ``atomic``, ``on_commit`` and the write guard.
+
+Django's ``transaction.atomic()`` and ``on_commit()`` act on one database, and
+``default`` unless told otherwise. ``dbfleet.atomic(Book)`` opens the block
+where ``Book`` is written; ``dbfleet.atomic(Author, Book)`` opens one on each
+database and commits them together: one after the other (best effort, and a
+:class:`PartialCommitError` says exactly what committed when a later commit
+fails), or with ``two_phase=True`` through prepared transactions and a decision
+log, so that nothing is left half-done (see :mod:`dbfleet.two_phase`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ContextDecorator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import partial
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from django.conf import settings
+from django.core import mail
+from django.db import DatabaseError, connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.transaction import TransactionManagementError
+
+from dbfleet.conf import did_you_mean, fleet_settings, get_topology
+
+logger = logging.getLogger("dbfleet.transactions")
+
+Target = str | type[models.Model] | models.Model
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Statements that change nothing: everything else counts as a write, so a
+# statement this list does not know about is treated as one (the safe side).
+_NOT_WRITES = (
+    "SELECT", "SHOW", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK",
+    "SET ", "PRAGMA", "BEGIN", "COMMIT", "XA ", "(SELECT", "KILL",
+)  # fmt: skip
+
+
+def is_write(sql: str) -> bool:
+    """Whether ``sql`` may change data (by its first keyword)."""
+    return not sql.lstrip().upper().startswith(_NOT_WRITES)
+
+
+class CommitError(DatabaseError):
+    """A transaction over several databases did not end the same way on all of them."""
+
+
+class PartialCommitError(CommitError):
+    """A best-effort commit failed after an earlier database had committed."""
+
+    def __init__(self, committed: Sequence[str], failed: str, rolled_back: Sequence[str]) -> None:
+        self.committed = tuple(committed)
+        self.failed = failed
+        self.rolled_back = tuple(rolled_back)
+        undone = f"; rolled back on {_names(rolled_back)}" if rolled_back else ""
+        super().__init__(
+            f"Committed on {_names(committed)}, then the commit on {failed!r} failed{undone}. "
+            f"The changes on {_names(committed)} stay; those on {failed!r}"
+            f"{' and ' + _names(rolled_back) if rolled_back else ''} are lost. "
+            "Repair the data by hand, or use dbfleet.atomic(..., two_phase=True) "
+            "so that all databases commit or none does."
+        )
+
+
+def _names(aliases: Iterable[str]) -> str:
+    return ", ".join(repr(alias) for alias in aliases)
+
+
+class WriteOutsideTransaction(RuntimeWarning):
+    """A write ran on its own while a transaction was open on another database."""
+
+
+class WriteOutsideTransactionError(TransactionManagementError):
+    """The write guard's error, when ``DBFLEET["WRITE_GUARD"]`` is ``"raise"``."""
+
+
+def resolve(target: Target) -> str:
+    """The database alias a target means: an alias, or where a model or instance is written."""
+    if isinstance(target, str):
+        if target not in settings.DATABASES:
+            raise ValueError(
+                f"{target!r} is not a database alias in DATABASES."
+                + did_you_mean(target, settings.DATABASES)
+            )
+        alias = target
+    elif isinstance(target, type) and issubclass(target, models.Model):
+        alias = router.db_for_write(target)
+    elif isinstance(target, models.Model):
+        alias = router.db_for_write(type(target), instance=target)
+    else:
+        raise TypeError(
+            f"A transaction target is a database alias, a model or a model instance, "
+            f"not {target!r}."
+        )
+    topology = get_topology()
+    if topology.is_replica(alias):
+        raise ValueError(
+            f"{alias!r} is a replica and is never written to; "
+            f"use its primary, {topology.primary_of(alias)!r}."
+        )
+    return alias
+
+
+def resolve_all(targets: Iterable[Target]) -> list[str]:
+    """Aliases of ``targets`` (none: ``DEFAULT_DATABASE``), once each, in ``DATABASES`` order."""
+    found = {resolve(target) for target in targets} or {fleet_settings().default_database}
+    return [alias for alias in settings.DATABASES if alias in found]
+
+
+@dataclass
+class _Frame:
+    """One entry into an :class:`Atomic` block."""
+
+    aliases: list[str]
+    blocks: list[transaction.Atomic] = field(default_factory=list)
+    outermost: list[str] = field(default_factory=list)
+    token: Any = None
+    protocol: Any = None  # a two_phase.Protocol when this frame commits in two phases
+
+
+# The aliases of every dbfleet.atomic block open in this context, innermost last.
+_OPEN: ContextVar[tuple[frozenset[str], ...]] = ContextVar("dbfleet_open_blocks", default=())
+# While a block commits, callbacks that became due wait here for the whole group.
+_DUE: ContextVar[list[tuple[Callable[[], Any], bool]] | None] = ContextVar(
+    "dbfleet_due_callbacks", default=None
+)
+_TWO_PHASE: ContextVar[frozenset[str]] = ContextVar("dbfleet_two_phase", default=frozenset())
+_UNGUARDED: ContextVar[bool] = ContextVar("dbfleet_unguarded", default=False)
+
+
+@contextlib.contextmanager
+def unguarded() -> Iterator[None]:
+    """Let writes through the write guard (dbfleet's own bookkeeping)."""
+    token = _UNGUARDED.set(True)
+    try:
+        yield
+    finally:
+        _UNGUARDED.reset(token)
+
+
+class _GroupRollback(Exception):
+    """Passed to Django's blocks to roll them back when the group must not commit."""
+
+
+class Atomic(ContextDecorator):
+    """An atomic block on each target's database, committed together.
+
+    Reentrant and thread-safe like Django's ``Atomic``: the state of each entry
+    lives on a stack, and a decorated function gets a fresh instance per call.
+    """
+
+    def __init__(
+        self, targets: Sequence[Target], savepoint: bool, durable: bool, two_phase: bool
+    ) -> None:
+        self.targets = tuple(targets)
+        self.savepoint = savepoint
+        self.durable = durable
+        self.two_phase = two_phase
+        self._frames: list[_Frame] = []
+
+    def _recreate_cm(self) -> Atomic:
+        return Atomic(self.targets, self.savepoint, self.durable, self.two_phase)
+
+    def __enter__(self) -> None:
+        frame = _Frame(resolve_all(self.targets))
+        two_phase = self.two_phase and _starts_two_phase(frame.aliases)
+        for alias in frame.aliases:
+            connection = connections[alias]
+            if not connection.in_atomic_block:
+                frame.outermost.append(alias)
+            block = transaction.atomic(alias, savepoint=self.savepoint, durable=self.durable)
+            try:
+                block.__enter__()
+            except BaseException as error:
+                _exit_blocks(frame.blocks, error)
+                raise
+            frame.blocks.append(block)
+        if two_phase:
+            from dbfleet.two_phase import Protocol
+
+            try:
+                frame.protocol = Protocol.begin(frame.outermost)
+            except BaseException as error:
+                _exit_blocks(frame.blocks, error)
+                raise
+        frame.token = (
+            _OPEN.set((*_OPEN.get(), frozenset(frame.aliases))),
+            _TWO_PHASE.set(_TWO_PHASE.get() | set(frame.aliases))
+            if frame.protocol is not None
+            else None,
+        )
+        self._frames.append(frame)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        frame = self._frames.pop()
+        open_token, two_phase_token = frame.token
+        _OPEN.reset(open_token)
+        if two_phase_token is not None:
+            _TWO_PHASE.reset(two_phase_token)
+        if exc_value is not None:
+            if frame.protocol is not None:
+                frame.protocol.abort()
+            _exit_blocks(frame.blocks, exc_value)
+            return
+        due: list[tuple[Callable[[], Any], bool]] = []
+        due_token = _DUE.set(due) if _DUE.get() is None else None
+        try:
+            _commit(frame)
+        finally:
+            if due_token is not None:
+                _DUE.reset(due_token)
+        for func, robust in due:
+            _call(func, robust)
+
+
+def _starts_two_phase(aliases: Sequence[str]) -> bool:
+    """Whether a ``two_phase=True`` block over ``aliases`` runs the protocol itself.
+
+    Inside an enclosing two-phase block, or inside the transaction a test case
+    wraps around each test, it is a plain nested block.
+    """
+    from dbfleet.two_phase import check_engines
+
+    check_engines(aliases)
+    enclosing = _TWO_PHASE.get()
+    nested = [alias for alias in aliases if connections[alias].in_atomic_block]
+    if not nested:
+        return True
+    if len(nested) == len(aliases) and all(
+        alias in enclosing
+        or all(
+            getattr(block, "_from_testcase", False) for block in connections[alias].atomic_blocks
+        )
+        for alias in nested
+    ):
+        return False
+    raise TransactionManagementError(
+        f"dbfleet.atomic(two_phase=True) must be the outermost block on every database it "
+        f"covers, or be nested in a two-phase block over all of them; a transaction is "
+        f"already open on {_names(nested)}."
+    )
+
+
+def _exit_blocks(blocks: Sequence[transaction.Atomic], error: BaseException) -> None:
+    """Leave Django's blocks, innermost database last in, rolling each back."""
+    for block in reversed(blocks):
+        block.__exit__(type(error), error, error.__traceback__)
+
+
+def _commit(frame: _Frame) -> None:
+    """Leave the frame's blocks: release the nested ones, commit the outermost ones together."""
+    outermost = [
+        block
+        for alias, block in zip(frame.aliases, frame.blocks, strict=True)
+        if alias in frame.outermost
+    ]
+    nested = [block for block in frame.blocks if block not in outermost]
+    for index, block in enumerate(reversed(nested)):
+        try:
+            block.__exit__(None, None, None)
+        except BaseException as error:
+            if frame.protocol is not None:
+                frame.protocol.abort()
+            _exit_blocks(outermost + nested[: len(nested) - index - 1], error)
+            raise
+    doomed = [
+        alias
+        for alias in frame.outermost
+        if connections[alias].needs_rollback or connections[alias].closed_in_transaction
+    ]
+    if doomed:
+        # Django rolls such a block back without an error; the group follows it.
+        if frame.protocol is not None:
+            frame.protocol.abort()
+        _exit_blocks(outermost, _GroupRollback())
+        return
+    if frame.protocol is not None:
+        try:
+            frame.protocol.commit()
+        except BaseException as error:
+            _exit_blocks(outermost, error)
+            raise
+    elif len(outermost) > 1:
+        _commit_one_by_one(frame.outermost, outermost)
+        return
+    # Every outermost transaction is settled (or there is one): Django's own
+    # exit commits what is left and runs its on_commit callbacks.
+    for block in outermost:
+        block.__exit__(None, None, None)
+
+
+def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atomic]) -> None:
+    for index, alias in enumerate(aliases):
+        try:
+            _raw_commit(connections[alias])
+        except BaseException as error:
+            rest = list(blocks[index:])
+            _exit_blocks(rest, error)
+            if index == 0:
+                raise
+            # The earlier databases committed: leave their blocks (which runs
+            # their Django on_commit callbacks, as their data is in) and say so.
+            for done in blocks[:index]:
+                done.__exit__(None, None, None)
+            raise PartialCommitError(aliases[:index], alias, aliases[index + 1 :]) from error
+    for block in blocks:
+        block.__exit__(None, None, None)
+
+
+def _raw_commit(connection: BaseDatabaseWrapper) -> None:
+    """Commit on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
+    with connection.wrap_database_errors:
+        connection.connection.commit()
+
+
+def atomic_targets() -> frozenset[str]:
+    """Every database an open ``dbfleet.atomic`` block in this context covers."""
+    return frozenset().union(*_OPEN.get())
+
+
+@overload
+def atomic(
+    *targets: Target, savepoint: bool = True, durable: bool = False, two_phase: bool = False
+) -> Atomic: ...
+
+
+@overload
+def atomic(func: F, /) -> F: ...
+
+
+def atomic(
+    *targets: Any, savepoint: bool = True, durable: bool = False, two_phase: bool = False
+) -> Any:
+    """A transaction on each target's database (``DEFAULT_DATABASE`` without targets)."""
+    if len(targets) == 1 and _is_plain_callable(targets[0]):
+        return Atomic((), savepoint, durable, two_phase)(targets[0])
+    return Atomic(targets, savepoint, durable, two_phase)
+
+
+def _is_plain_callable(value: object) -> bool:
+    return callable(value) and not (isinstance(value, type) and issubclass(value, models.Model))
+
+
+def on_commit(func: Callable[[], Any], *targets: Target, robust: bool = False) -> None:
+    """Run ``func`` once every target's database has committed; never on rollback.
+
+    Inside ``dbfleet.atomic`` blocks it also waits for every database those
+    blocks cover, so it runs after the whole group has committed.
+    """
+    aliases = set(resolve_all(targets)) | atomic_targets()
+    waiting = {alias for alias in aliases if connections[alias].in_atomic_block}
+    if not waiting:
+        _call(func, robust)
+        return
+
+    def committed(alias: str) -> None:
+        waiting.discard(alias)
+        if not waiting:
+            due = _DUE.get()
+            if due is None:
+                _call(func, robust)
+            else:
+                due.append((func, robust))
+
+    for alias in sorted(waiting):
+        transaction.on_commit(partial(committed, alias), using=alias)
+
+
+def _call(func: Callable[[], Any], robust: bool) -> None:
+    if not robust:
+        func()
+        return
+    try:
+        func()
+    except Exception as error:
+        name = getattr(func, "__qualname__", func)
+        logger.error("Error calling %s in on_commit() (%s).", name, error, exc_info=True)
+
+
+def write_guard_mode() -> str:
+    """``"raise"``, ``"warn"`` or ``"off"``: what the write guard does now."""
+    mode = fleet_settings().write_guard
+    if mode is None:
+        # On by default while developing and in tests (the test runner sets mail.outbox).
+        return "warn" if settings.DEBUG or hasattr(mail, "outbox") else "off"
+    return mode
+
+
+def guard_writes(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    """Execute wrapper: flag a write that runs outside the transaction open on another database."""
+    connection = context["connection"]
+    if not connection.in_atomic_block and is_write(sql) and not _UNGUARDED.get():
+        others = [
+            other.alias
+            for other in connections.all(initialized_only=True)
+            if other.in_atomic_block and other.alias != connection.alias
+        ]
+        mode = write_guard_mode() if others else "off"
+        if mode != "off":
+            message = (
+                f"A write on database {connection.alias!r} ran outside the transaction open on "
+                f"{_names(others)}: it commits on its own, now, even if that transaction rolls "
+                f"back. Open the block on both: dbfleet.atomic(Model, ...) with the model "
+                f"written here, or dbfleet.atomic({_names([*others, connection.alias])})."
+            )
+            if mode == "raise":
+                raise WriteOutsideTransactionError(message)
+            warnings.warn(message, WriteOutsideTransaction, stacklevel=2)
+    return execute(sql, params, many, context)
+
+
+def install_write_guard(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """``connection_created`` receiver: add the write guard where it is on."""
+    if guard_writes not in connection.execute_wrappers and write_guard_mode() != "off":
+        connection.execute_wrappers.append(guard_writes)

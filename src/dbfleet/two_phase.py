@@ -1,0 +1,569 @@
+"""Two-phase commit over PostgreSQL and MariaDB/MySQL, with a decision log and recovery.
+
+The protocol, for a ``dbfleet.atomic(..., two_phase=True)`` block that wrote
+to more than one database:
+
+1. Each database that wrote, except ``DEFAULT_DATABASE``, prepares its
+   transaction (PostgreSQL ``PREPARE TRANSACTION``, MariaDB ``XA PREPARE``).
+   A database that only read is not prepared; it commits at the end.
+2. The decision to commit is recorded in ``dbfleet_decision`` on
+   ``DEFAULT_DATABASE``. When that database wrote too, the record is part of
+   its own transaction, and committing it is the decision.
+3. Each prepared transaction is committed (``COMMIT PREPARED`` / ``XA COMMIT``).
+
+A crash anywhere leaves prepared transactions that :func:`recover` settles:
+commit where the decision was recorded; roll back where it was not and the
+transaction is older than the grace period. Before it rolls back, recovery
+records that decision too (``committed = false``), so a coordinator that was
+only slow cannot record "commit" afterwards: its insert collides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DatabaseError, IntegrityError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.transaction import TransactionManagementError
+from django.dispatch import Signal
+
+from dbfleet.conf import fleet_settings, get_topology
+from dbfleet.transactions import CommitError, is_write, unguarded
+
+logger = logging.getLogger("dbfleet.two_phase")
+
+ENGINES = ("postgresql", "mysql")
+PREFIX = "dbfleet:"
+XA_FORMAT = 0x64626674  # "dbft": marks dbfleet's XA transactions in XA RECOVER
+TABLE = "dbfleet_decision"
+TOMBSTONE_SECONDS = 24 * 3600
+
+#: Sent at each step of the protocol, with ``step`` ("prepare", "decide",
+#: "commit", "done"), ``transaction_id`` and, for per-database steps, ``alias``.
+two_phase_step = Signal()
+
+
+class InDoubtError(CommitError):
+    """A two-phase transaction could not be finished; ``fleet recover`` will."""
+
+    def __init__(self, transaction_id: str, message: str) -> None:
+        self.transaction_id = transaction_id
+        super().__init__(
+            f"Two-phase transaction {transaction_id}: {message} "
+            "Run `python manage.py fleet recover` once the databases are reachable; "
+            "it settles the transaction the same way on every database."
+        )
+
+
+def check_engines(aliases: Sequence[str]) -> None:
+    """Raise if a database in ``aliases`` cannot take part in a two-phase commit."""
+    for alias in aliases:
+        vendor = connections[alias].vendor
+        if vendor not in ENGINES:
+            raise TransactionManagementError(
+                f"Database {alias!r} ({vendor}) cannot take part in a two-phase commit: "
+                "only PostgreSQL and MariaDB/MySQL can prepare a transaction. Leave it out "
+                "of the block, or use dbfleet.atomic(...) without two_phase (best effort)."
+            )
+
+
+def new_transaction_id() -> str:
+    """``dbfleet:<milliseconds>:<random>``; the time lets recovery tell its age."""
+    return f"{PREFIX}{time.time_ns() // 1_000_000}:{secrets.token_hex(6)}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def started_ms(transaction_id: str) -> int:
+    return int(transaction_id.split(":")[1])
+
+
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] = ()) -> Any:
+    with unguarded(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None
+
+
+def _literal(value: str) -> str:
+    # PREPARE TRANSACTION and COMMIT PREPARED take no bound parameters.
+    return "'" + value.replace("'", "''") + "'"
+
+
+class _Postgres:
+    """A PostgreSQL participant: ``PREPARE TRANSACTION`` / ``COMMIT PREPARED``."""
+
+    @staticmethod
+    def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
+        pass
+
+    @staticmethod
+    def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
+        _execute(connection, f"PREPARE TRANSACTION {_literal(_pg_gid(xid, connection))}")
+
+    @staticmethod
+    def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
+        with connection.wrap_database_errors:
+            connection.connection.commit()
+
+    @staticmethod
+    def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
+        with connection.wrap_database_errors:
+            connection.connection.rollback()
+
+    @staticmethod
+    def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
+        _pg_finish(connection, _pg_gid(xid, connection), commit)
+
+
+def _pg_gid(xid: str, connection: BaseDatabaseWrapper) -> str:
+    # Global ids are unique per server, and two databases of one server may
+    # take part: the alias keeps them apart.
+    return f"{xid}:{connection.alias}"
+
+
+def _pg_finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
+    # COMMIT/ROLLBACK PREPARED cannot run inside a transaction block.
+    raw = connection.connection
+    outside = raw.autocommit
+    with connection.wrap_database_errors:
+        raw.autocommit = True
+        try:
+            with raw.cursor() as cursor:
+                verb = "COMMIT" if commit else "ROLLBACK"
+                cursor.execute(f"{verb} PREPARED {_literal(gid)}")
+        finally:
+            raw.autocommit = outside
+
+
+class _MySQL:
+    """A MariaDB/MySQL participant: ``XA START`` ... ``XA PREPARE`` / ``XA COMMIT``."""
+
+    @staticmethod
+    def _xid(connection: BaseDatabaseWrapper, xid: str) -> tuple[str, str, int]:
+        return (xid, connection.alias, XA_FORMAT)
+
+    @staticmethod
+    def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
+        _execute(connection, "XA START %s, %s, %s", _MySQL._xid(connection, xid))
+
+    @staticmethod
+    def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
+        _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _execute(connection, "XA PREPARE %s, %s, %s", _MySQL._xid(connection, xid))
+
+    @staticmethod
+    def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
+        _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _execute(connection, "XA COMMIT %s, %s, %s ONE PHASE", _MySQL._xid(connection, xid))
+
+    @staticmethod
+    def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
+        with contextlib.suppress(DatabaseError):  # already ended after a failed XA END
+            _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _execute(connection, "XA ROLLBACK %s, %s, %s", _MySQL._xid(connection, xid))
+
+    @staticmethod
+    def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
+        verb = "COMMIT" if commit else "ROLLBACK"
+        _execute(connection, f"XA {verb} %s, %s, %s", _MySQL._xid(connection, xid))
+
+
+def _engine(connection: BaseDatabaseWrapper) -> type[_Postgres] | type[_MySQL]:
+    return _Postgres if connection.vendor == "postgresql" else _MySQL
+
+
+def _step(step: str, transaction_id: str, alias: str | None = None) -> None:
+    two_phase_step.send(sender=Protocol, step=step, transaction_id=transaction_id, alias=alias)
+
+
+class Protocol:
+    """The two-phase commit of one outermost ``dbfleet.atomic(two_phase=True)`` block."""
+
+    def __init__(self, aliases: Sequence[str]) -> None:
+        self.transaction_id = new_transaction_id()
+        self.aliases = list(aliases)
+        self.written: set[str] = set()
+        self.state = dict.fromkeys(self.aliases, "active")
+        self._wrappers: dict[str, Any] = {}
+
+    @classmethod
+    def begin(cls, aliases: Sequence[str]) -> Protocol:
+        protocol = cls(aliases)
+        for alias in aliases:
+            connection = connections[alias]
+
+            def track(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+                if is_write(sql):
+                    protocol.written.add(context["connection"].alias)
+                return execute(sql, params, many, context)
+
+            protocol._wrappers[alias] = track
+            connection.execute_wrappers.append(track)
+            try:
+                _engine(connection).begin(connection, protocol.transaction_id)
+            except BaseException:
+                protocol.state[alias] = "done"
+                protocol.abort()
+                raise
+        return protocol
+
+    def _stop_tracking(self) -> None:
+        for alias, wrapper in self._wrappers.items():
+            with contextlib.suppress(ValueError):
+                connections[alias].execute_wrappers.remove(wrapper)
+        self._wrappers.clear()
+
+    def _do(self, alias: str, action: str, *args: Any) -> None:
+        connection = connections[alias]
+        getattr(_engine(connection), action)(connection, self.transaction_id, *args)
+
+    def abort(self) -> None:
+        """Roll back every participant; what cannot be reached is left to recovery."""
+        self._stop_tracking()
+        for alias, state in self.state.items():
+            try:
+                if state == "active":
+                    self._do(alias, "rollback_active")
+                elif state == "prepared":
+                    self._do(alias, "finish_prepared", False)
+            except DatabaseError:
+                logger.warning(
+                    "Could not roll back %s on %r; `fleet recover` will.",
+                    self.transaction_id,
+                    alias,
+                    exc_info=True,
+                )
+            self.state[alias] = "done"
+
+    def commit(self) -> None:
+        """Commit every participant, in two phases when more than one wrote."""
+        self._stop_tracking()
+        default = fleet_settings().default_database
+        writers = [alias for alias in self.aliases if alias in self.written]
+        readers = [alias for alias in self.aliases if alias not in self.written]
+        if len(writers) > 1:
+            self._commit_two_phase(writers, coordinator=default if default in writers else None)
+        elif writers:
+            try:
+                self._do(writers[0], "commit_one_phase")
+            except BaseException:
+                self.abort()
+                raise
+            self.state[writers[0]] = "done"
+        for alias in readers:
+            # They changed nothing: committing only ends their transactions
+            # (and releases their locks), so a failure here loses no data.
+            try:
+                self._do(alias, "commit_one_phase")
+            except DatabaseError:
+                logger.warning(
+                    "Ending the read-only transaction on %r failed.", alias, exc_info=True
+                )
+            self.state[alias] = "done"
+
+    def _commit_two_phase(self, writers: Sequence[str], coordinator: str | None) -> None:
+        xid = self.transaction_id
+        try:
+            for alias in writers:
+                if alias == coordinator:
+                    continue
+                _step("prepare", xid, alias)
+                try:
+                    self._do(alias, "prepare")
+                except BaseException:
+                    # Whether it got prepared is unknown if the connection broke;
+                    # then recovery rolls it back, as no decision gets recorded.
+                    self.state[alias] = "done"
+                    raise
+                self.state[alias] = "prepared"
+            _step("decide", xid)
+        except BaseException:
+            self.abort()
+            raise
+        self._decide(coordinator)
+
+        pending: list[str] = []
+        for alias in writers:
+            if alias == coordinator:
+                continue
+            _step("commit", xid, alias)
+            try:
+                self._do(alias, "finish_prepared", True)
+            except DatabaseError:
+                logger.warning("COMMIT PREPARED %s failed on %r.", xid, alias, exc_info=True)
+                pending.append(alias)
+            self.state[alias] = "done"
+        if pending:
+            committed = [alias for alias in writers if alias not in pending]
+            raise InDoubtError(
+                xid,
+                f"the decision to commit is recorded and {_names(committed)} committed, but "
+                f"{_names(pending)} could not be told and still hold(s) it prepared.",
+            )
+        self._forget(coordinator)
+        _step("done", xid)
+
+    def _decide(self, coordinator: str | None) -> None:
+        xid = self.transaction_id
+        record = _decision_insert()
+        if coordinator is not None:
+            connection = connections[coordinator]
+            try:
+                _execute(connection, record, (xid, True, _now_ms()))
+                self._do(coordinator, "commit_one_phase")
+            except BaseException as error:
+                if _usable(coordinator):
+                    self.abort()
+                    raise
+                self.state[coordinator] = "done"
+                raise InDoubtError(
+                    xid,
+                    f"the connection to {coordinator!r} broke while it committed, with the "
+                    "decision in the same transaction, so the outcome is unknown here.",
+                ) from error
+            self.state[coordinator] = "done"
+            return
+        try:
+            with decision_connection() as connection:
+                _execute(connection, record, (xid, True, _now_ms()))
+        except IntegrityError:
+            self.abort()
+            raise
+        except DatabaseError as error:
+            raise InDoubtError(
+                xid,
+                "recording the decision on the decision log failed, so the outcome is unknown "
+                "here; the prepared transactions stay until recovery.",
+            ) from error
+
+    def _forget(self, coordinator: str | None) -> None:
+        """Delete the decision once nobody needs it; recovery purges it if this fails."""
+        try:
+            if coordinator is not None:
+                # Inside the block's final (otherwise empty) commit.
+                _execute(connections[coordinator], _decision_delete(), (self.transaction_id,))
+            else:
+                with decision_connection() as connection:
+                    _execute(connection, _decision_delete(), (self.transaction_id,))
+        except DatabaseError:
+            logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
+
+
+def _names(aliases: Sequence[str]) -> str:
+    return ", ".join(repr(alias) for alias in aliases) or "no database"
+
+
+def _usable(alias: str) -> bool:
+    connection = connections[alias]
+    return connection.connection is not None and connection.is_usable()
+
+
+def _decision_insert() -> str:
+    return f"INSERT INTO {TABLE} (transaction_id, committed, created_ms) VALUES (%s, %s, %s)"
+
+
+def _decision_delete() -> str:
+    return f"DELETE FROM {TABLE} WHERE transaction_id = %s"
+
+
+@contextlib.contextmanager
+def decision_connection() -> Iterator[BaseDatabaseWrapper]:
+    """A connection to ``DEFAULT_DATABASE`` in autocommit mode, for the decision log.
+
+    The thread's own connection when no transaction is open on it; otherwise a
+    new one, so that the record does not wait for (or die with) that transaction.
+    """
+    alias = fleet_settings().default_database
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        yield connection
+        return
+    own = connections.create_connection(alias)
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared transaction found on a database."""
+
+    alias: str  # the database it belongs to
+    transaction_id: str
+    name: str  # the engine's own name for it: a PostgreSQL gid, an XA xid's data
+    via: str  # the database it was found (and is settled) through
+
+    @property
+    def age(self) -> float:
+        return time.time() - started_ms(self.transaction_id) / 1000
+
+
+def participants() -> list[str]:
+    """Aliases that can hold prepared transactions (PostgreSQL, MariaDB), replicas excepted."""
+    topology = get_topology()
+    return [
+        alias
+        for alias in connections
+        if connections[alias].vendor in ENGINES and not topology.is_replica(alias)
+    ]
+
+
+def in_doubt(alias: str) -> list[Prepared]:
+    """The dbfleet transactions prepared on ``alias`` and not yet settled."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        rows = _execute(
+            connection,
+            "SELECT gid FROM pg_prepared_xacts "
+            "WHERE database = current_database() AND gid LIKE %s ORDER BY prepared",
+            (PREFIX + "%",),
+        )
+        return [Prepared(alias, gid.rsplit(":", 1)[0], gid, alias) for (gid,) in rows]
+    found = []
+    for format_id, gtrid_length, _, data in _execute(connection, "XA RECOVER"):
+        data = data.decode() if isinstance(data, bytes) else data
+        gtrid, owner = data[:gtrid_length], data[gtrid_length:]
+        if format_id == XA_FORMAT and gtrid.startswith(PREFIX):
+            # The server lists every database's XA transactions; the branch
+            # qualifier names the one that prepared it.
+            owner = owner if owner in connections.settings else alias
+            found.append(Prepared(owner, gtrid, data, alias))
+    return found
+
+
+def _settle(prepared: Prepared, commit: bool) -> None:
+    connection = connections[prepared.via]
+    if connection.vendor == "postgresql":
+        _pg_finish(connection, prepared.name, commit)
+    else:
+        gtrid = prepared.transaction_id
+        xid = (gtrid, prepared.name[len(gtrid) :], XA_FORMAT)
+        _execute(connection, f"XA {'COMMIT' if commit else 'ROLLBACK'} %s, %s, %s", xid)
+
+
+@dataclass
+class Outcome:
+    """What recovery did with one prepared transaction."""
+
+    prepared: Prepared
+    action: str  # "committed", "rolled back", "waiting" (younger than the grace period)
+    detail: str = ""
+
+
+@dataclass
+class Recovery:
+    outcomes: list[Outcome]
+    unreachable: dict[str, str]  # alias -> error
+    purged: int = 0
+
+
+def decisions(transaction_ids: Sequence[str]) -> dict[str, bool]:
+    """The recorded decisions for ``transaction_ids``."""
+    if not transaction_ids:
+        return {}
+    with decision_connection() as connection:
+        marks = ", ".join(["%s"] * len(transaction_ids))
+        rows = _execute(
+            connection,
+            f"SELECT transaction_id, committed FROM {TABLE} WHERE transaction_id IN ({marks})",
+            list(transaction_ids),
+        )
+    return {transaction_id: bool(committed) for transaction_id, committed in rows}
+
+
+def _decide_rollback(transaction_id: str) -> bool:
+    """Record "roll back" unless a decision exists; return the decision that stands."""
+    with decision_connection() as connection:
+        try:
+            _execute(
+                connection, _decision_insert(), (transaction_id, False, started_ms(transaction_id))
+            )
+        except IntegrityError:
+            return decisions([transaction_id])[transaction_id]
+    return False
+
+
+def find_in_doubt(aliases: Sequence[str] | None = None) -> tuple[list[Prepared], dict[str, str]]:
+    """Prepared dbfleet transactions on ``aliases`` (all participants), and unreachable aliases."""
+    found: list[Prepared] = []
+    unreachable: dict[str, str] = {}
+    seen: set[str] = set()
+    for alias in participants() if aliases is None else aliases:
+        try:
+            for prepared in in_doubt(alias):
+                # A MariaDB server lists its XA transactions on every connection.
+                if prepared.name not in seen or connections[alias].vendor == "postgresql":
+                    seen.add(prepared.name)
+                    found.append(prepared)
+        except DatabaseError as error:
+            unreachable[alias] = str(error).strip() or type(error).__name__
+    return found, unreachable
+
+
+def recover(grace: float | None = None, dry_run: bool = False) -> Recovery:
+    """Settle every in-doubt dbfleet transaction; purge decisions nobody needs any more."""
+    grace = fleet_settings().recovery_grace if grace is None else grace
+    started = _now_ms()  # Before the search: see _purge().
+    found, unreachable = find_in_doubt()
+    known = decisions(sorted({prepared.transaction_id for prepared in found}))
+    outcomes: list[Outcome] = []
+    for prepared in found:
+        decision = known.get(prepared.transaction_id)
+        if decision is None:
+            if prepared.age < grace:
+                outcomes.append(
+                    Outcome(prepared, "waiting", f"no decision yet; younger than {grace:g} s")
+                )
+                continue
+            if dry_run:
+                outcomes.append(Outcome(prepared, "would roll back", "no decision recorded"))
+                continue
+            decision = known[prepared.transaction_id] = _decide_rollback(prepared.transaction_id)
+        detail = "decision: commit" if decision else "no decision recorded"
+        if dry_run:
+            outcomes.append(
+                Outcome(prepared, f"would {'commit' if decision else 'roll back'}", detail)
+            )
+            continue
+        try:
+            _settle(prepared, decision)
+        except DatabaseError as error:
+            outcomes.append(Outcome(prepared, "failed", str(error).strip()))
+            continue
+        outcomes.append(Outcome(prepared, "committed" if decision else "rolled back", detail))
+    recovery = Recovery(outcomes, unreachable)
+    if not dry_run and not unreachable and all(o.action != "failed" for o in outcomes):
+        keep = {o.prepared.transaction_id for o in outcomes if o.action == "waiting"}
+        recovery.purged = _purge(started - int(grace * 1000), keep)
+    return recovery
+
+
+def _purge(before_ms: int, keep: set[str]) -> int:
+    """Delete decisions that no prepared transaction can need any more.
+
+    A decision to commit is recorded after its transactions were prepared, so
+    one recorded before this run searched (minus the grace period) whose
+    transaction was not found prepared has been carried out everywhere. A
+    decision to roll back is kept for a day, so that a coordinator that stalled
+    before recording its own decision finds it and cannot commit.
+    """
+    with decision_connection() as connection:
+        rows = _execute(
+            connection,
+            f"SELECT transaction_id FROM {TABLE} WHERE "
+            f"(committed = %s AND created_ms < %s) OR created_ms < %s",
+            (True, before_ms, _now_ms() - TOMBSTONE_SECONDS * 1000),
+        )
+        stale = [transaction_id for (transaction_id,) in rows if transaction_id not in keep]
+        for transaction_id in stale:
+            _execute(connection, _decision_delete(), (transaction_id,))
+    return len(stale)

@@ -1,0 +1,320 @@
+"""Two-phase commit on real PostgreSQL and MariaDB servers, and ``fleet recover``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError, connections, transaction
+from django.db.transaction import TransactionManagementError
+from django.test import override_settings
+
+import dbfleet
+from dbfleet.models import Decision
+from dbfleet.two_phase import InDoubtError, find_in_doubt, recover, two_phase_step
+from tests.bank.models import Account, Vault
+from tests.library.models import Review
+from tests.loans.models import Member
+from tests.settings import DBFLEET, ENGINES
+from tests.test_transactions import Boom, kill_session
+
+pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def settle_leftovers() -> Iterator[None]:
+    """Settle what a failing test left prepared, so that it cannot block the next ones."""
+    yield
+    connections.close_all()
+    if SERVERS:
+        recover(grace=0)
+
+
+SERVERS = {alias for alias, engine in ENGINES.items() if engine != "sqlite"}
+needs = {
+    alias: pytest.mark.skipif(
+        alias not in SERVERS, reason=f"{alias!r} is on SQLite in this configuration"
+    )
+    for alias in ENGINES
+}
+
+
+@pytest.fixture
+def steps() -> Iterator[list[tuple[str, str | None]]]:
+    """The protocol's steps, as (step, alias)."""
+    seen: list[tuple[str, str | None]] = []
+
+    def record(step: str, alias: str | None, **kwargs: Any) -> None:
+        seen.append((step, alias))
+
+    two_phase_step.connect(record)
+    yield seen
+    two_phase_step.disconnect(record)
+
+
+@pytest.fixture
+def money() -> None:
+    Account.objects.create(name="alice", balance=100)
+    Vault.objects.create(name="vault", balance=100)
+
+
+@pytest.fixture
+def on_step() -> Iterator[Callable[[str, Callable[[str | None], None]], None]]:
+    """``on_step("commit", action)``: run ``action(alias)`` at that step, once."""
+    receivers: list[Any] = []
+
+    def install(wanted: str, action: Callable[[str | None], None]) -> None:
+        done: list[bool] = []
+
+        def receiver(step: str, alias: str | None, **kwargs: Any) -> None:
+            if step == wanted and not done:
+                done.append(True)
+                action(alias)
+
+        receivers.append(receiver)
+        two_phase_step.connect(receiver)
+
+    yield install
+    for receiver in receivers:
+        two_phase_step.disconnect(receiver)
+
+
+def balances() -> tuple[int, int]:
+    return Account.objects.get().balance, Vault.objects.get().balance
+
+
+def nothing_in_doubt() -> bool:
+    found, unreachable = find_in_doubt()
+    return not found and not unreachable
+
+
+def transfer(amount: int) -> None:
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=Account.objects.get().balance - amount)
+        Vault.objects.update(balance=Vault.objects.get().balance + amount)
+
+
+@needs["default"]
+@needs["books"]
+def test_commits_on_both_databases_with_the_decision_in_the_default_database(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    transfer(30)
+    assert balances() == (70, 130)
+    # 'default' wrote, so its own commit carries the decision: only 'books' is prepared.
+    assert steps == [("prepare", "books"), ("decide", None), ("commit", "books"), ("done", None)]
+    assert Decision.objects.count() == 0  # Forgotten once every database committed.
+    assert nothing_in_doubt()
+
+
+@needs["books"]
+@needs["loans"]
+def test_without_the_default_database_every_writer_is_prepared(
+    steps: list[tuple[str, str | None]],
+) -> None:
+    with dbfleet.atomic(Vault, Member, two_phase=True):
+        Vault.objects.create(name="v")
+        Member.objects.create(name="m")
+    assert (Vault.objects.count(), Member.objects.count()) == (1, 1)
+    assert [step for step, _ in steps] == [
+        "prepare",
+        "prepare",
+        "decide",
+        "commit",
+        "commit",
+        "done",
+    ]
+    assert Decision.objects.count() == 0
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_database_that_only_read_is_not_prepared(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        assert Vault.objects.select_for_update().get().balance == 100
+        Account.objects.update(balance=1)
+    assert balances() == (1, 100)
+    assert steps == []  # One writer: a plain commit, no decision needed.
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_an_exception_rolls_back_both(money: None) -> None:
+    with pytest.raises(Boom), dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=0)
+        Vault.objects.update(balance=0)
+        raise Boom
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_on_commit_runs_after_the_second_phase(money: None) -> None:
+    seen: list[tuple[int, int]] = []
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=0)
+        Vault.objects.update(balance=200)
+        dbfleet.on_commit(lambda: seen.append(balances()))
+    assert seen == [(0, 200)]
+
+
+@needs["default"]
+@needs["books"]
+def test_a_failing_prepare_rolls_back_everything(money: None) -> None:
+    if connections["books"].vendor == "mysql":
+        pytest.skip("MariaDB checks foreign keys at once; nothing is left to fail at prepare")
+    with pytest.raises(IntegrityError), dbfleet.atomic(Account, Review, two_phase=True):
+        Account.objects.update(balance=0)
+        Review.objects.create(book_id=999_999, stars=1)  # PostgreSQL checks it at PREPARE.
+    assert Account.objects.get().balance == 100 and Review.objects.count() == 0
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_failing_decision_commit_rolls_back_the_prepared_database(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    if connections["default"].vendor == "mysql":
+        pytest.skip("MariaDB checks foreign keys at once; nothing is left to fail at commit")
+    with pytest.raises(IntegrityError), dbfleet.atomic(Account, Vault, two_phase=True):
+        Vault.objects.update(balance=0)
+        # A deferred foreign key: 'default' fails when it commits, after 'books' prepared.
+        Permission.objects.create(content_type_id=999_999, codename="x", name="x")
+    assert ("prepare", "books") in steps and ("commit", "books") not in steps
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_lost_commit_is_in_doubt_until_recover_commits_it(money: None, on_step: Any) -> None:
+    on_step("commit", lambda alias: kill_session(alias))
+    with pytest.raises(InDoubtError) as caught:
+        transfer(40)
+    assert "'books' could not be told" in str(caught.value)
+    assert "fleet recover" in str(caught.value)
+    connections["books"].close()
+    assert balances() == (60, 100)  # 'books' still holds its part, prepared.
+    (prepared,) = find_in_doubt()[0]
+    assert (prepared.alias, prepared.transaction_id) == ("books", caught.value.transaction_id)
+
+    out = StringIO()
+    call_command("fleet", "status", stdout=out)
+    assert "books: " in out.getvalue() and "1 in-doubt transaction(s)" in out.getvalue()
+
+    out = StringIO()
+    call_command("fleet", "recover", "--grace", "0", stdout=out)
+    assert "committed" in out.getvalue() and "decision: commit" in out.getvalue()
+    assert balances() == (60, 140)
+    assert nothing_in_doubt()
+    assert Decision.objects.count() == 0  # Purged: nothing needs it any more.
+
+
+@needs["default"]
+@needs["books"]
+def test_without_a_decision_recover_waits_then_rolls_back(money: None, on_step: Any) -> None:
+    def crash(alias: str | None) -> None:
+        kill_session("books")  # So that the roll back cannot reach it either.
+        raise Boom
+
+    on_step("decide", crash)
+    with pytest.raises(Boom):
+        transfer(10)
+    connections["books"].close()
+    (prepared,) = find_in_doubt()[0]
+
+    with override_settings(DBFLEET={**DBFLEET, "DEFAULT_DATABASE": "loans"}):
+        with pytest.raises(CommandError, match="run `manage.py fleet migrate` to create it"):
+            call_command("fleet", "recover")  # 'loans' has no decision log.
+
+    result = recover(grace=3600)
+    assert [outcome.action for outcome in result.outcomes] == ["waiting"]
+    assert recover(grace=0, dry_run=True).outcomes[0].action == "would roll back"
+    assert len(find_in_doubt()[0]) == 1
+
+    out = StringIO()
+    call_command("fleet", "recover", "--grace", "0", "--format", "json", stdout=out)
+    document = json.loads(out.getvalue())
+    assert [o["action"] for o in document["outcomes"]] == ["rolled back"]
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
+    # The roll back is recorded, so a coordinator that was only slow cannot commit now.
+    assert Decision.objects.get(transaction_id=prepared.transaction_id).committed is False
+    with pytest.raises(IntegrityError), connections["default"].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO dbfleet_decision (transaction_id, committed, created_ms) "
+            "VALUES (%s, %s, %s)",
+            [prepared.transaction_id, True, 0],
+        )
+
+
+def test_recover_with_nothing_in_doubt() -> None:
+    out = StringIO()
+    call_command("fleet", "recover", stdout=out)
+    assert out.getvalue().strip() == "No in-doubt transactions."
+
+
+def test_recover_refuses_a_negative_grace() -> None:
+    with pytest.raises(CommandError, match="--grace must be a number of seconds >= 0"):
+        call_command("fleet", "recover", "--grace", "-1")
+
+
+@pytest.mark.skipif(
+    ENGINES["loans"] != "sqlite", reason="'loans' is on a server in this configuration"
+)
+def test_sqlite_cannot_take_part() -> None:
+    with pytest.raises(
+        TransactionManagementError, match=r"\(sqlite\) cannot take part in a two-phase commit"
+    ):
+        with dbfleet.atomic(Account, Member, two_phase=True):
+            pass  # pragma: no cover
+    assert not connections["default"].in_atomic_block
+
+
+@needs["default"]
+@needs["books"]
+def test_refused_inside_a_transaction_that_would_commit_on_its_own() -> None:
+    with transaction.atomic(using="default"):
+        with pytest.raises(TransactionManagementError, match="outermost block"):
+            with dbfleet.atomic(Account, Vault, two_phase=True):
+                pass  # pragma: no cover
+        assert not connections["books"].in_atomic_block
+
+
+@needs["default"]
+@needs["books"]
+def test_nested_two_phase_blocks_commit_with_the_outer_one(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        transfer(5)
+        assert steps == []
+        with pytest.raises(Boom):
+            with dbfleet.atomic(Vault, two_phase=True):
+                Vault.objects.update(balance=0)
+                raise Boom
+    assert balances() == (95, 105)
+    assert [step for step, _ in steps] == ["prepare", "decide", "commit", "done"]
+
+
+@needs["default"]
+@needs["books"]
+@pytest.mark.django_db(databases="__all__", transaction=False)
+def test_inside_a_test_case_transaction_it_is_a_plain_nested_block(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    transfer(10)
+    assert balances() == (90, 110)
+    assert steps == []
