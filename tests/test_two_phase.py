@@ -235,9 +235,9 @@ def test_without_a_decision_recover_waits_then_rolls_back(money: None, on_step: 
     connections["books"].close()
     (prepared,) = find_in_doubt()[0]
 
-    with override_settings(DBFLEET={**DBFLEET, "DEFAULT_DATABASE": "loans"}):
-        with pytest.raises(CommandError, match="run `manage.py fleet migrate` to create it"):
-            call_command("fleet", "recover")  # 'loans' has no decision log.
+    missing = pytest.raises(CommandError, match="run `manage.py fleet migrate` to create it")
+    with override_settings(DBFLEET={**DBFLEET, "DEFAULT_DATABASE": "loans"}), missing:
+        call_command("fleet", "recover")  # 'loans' has no decision log.
 
     result = recover(grace=3600)
     assert [outcome.action for outcome in result.outcomes] == ["waiting"]
@@ -275,11 +275,13 @@ def test_recover_refuses_a_negative_grace() -> None:
     ENGINES["loans"] != "sqlite", reason="'loans' is on a server in this configuration"
 )
 def test_sqlite_cannot_take_part() -> None:
-    with pytest.raises(
-        TransactionManagementError, match=r"\(sqlite\) cannot take part in a two-phase commit"
+    with (
+        pytest.raises(
+            TransactionManagementError, match=r"\(sqlite\) cannot take part in a two-phase commit"
+        ),
+        dbfleet.atomic(Account, Member, two_phase=True),
     ):
-        with dbfleet.atomic(Account, Member, two_phase=True):
-            pass  # pragma: no cover
+        pass  # pragma: no cover
     assert not connections["default"].in_atomic_block
 
 
@@ -287,9 +289,9 @@ def test_sqlite_cannot_take_part() -> None:
 @needs["books"]
 def test_refused_inside_a_transaction_that_would_commit_on_its_own() -> None:
     with transaction.atomic(using="default"):
-        with pytest.raises(TransactionManagementError, match="outermost block"):
-            with dbfleet.atomic(Account, Vault, two_phase=True):
-                pass  # pragma: no cover
+        refused = pytest.raises(TransactionManagementError, match="outermost block")
+        with refused, dbfleet.atomic(Account, Vault, two_phase=True):
+            pass  # pragma: no cover
         assert not connections["books"].in_atomic_block
 
 
@@ -301,10 +303,9 @@ def test_nested_two_phase_blocks_commit_with_the_outer_one(
     with dbfleet.atomic(Account, Vault, two_phase=True):
         transfer(5)
         assert steps == []
-        with pytest.raises(Boom):
-            with dbfleet.atomic(Vault, two_phase=True):
-                Vault.objects.update(balance=0)
-                raise Boom
+        with pytest.raises(Boom), dbfleet.atomic(Vault, two_phase=True):
+            Vault.objects.update(balance=0)
+            raise Boom
     assert balances() == (95, 105)
     assert [step for step, _ in steps] == ["prepare", "decide", "commit", "done"]
 
