@@ -22,7 +22,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: name -> module; run in this order.
-BENCHMARKS = {"routing": "bench.routing", "migrate": "bench.migrate"}
+BENCHMARKS = {
+    "routing": "bench.routing",
+    "migrate": "bench.migrate",
+    "transactions": "bench.transactions",
+}
 
 
 def setup() -> None:

@@ -6,7 +6,10 @@ The benchmarks install their own ``DATABASE_ROUTERS`` and ``DBFLEET`` (with
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import dj_database_url
 
 #: The primaries of the large fleet in the router-cost benchmark; each has a replica.
 FLEET_PRIMARIES = tuple(f"fleet{index}" for index in range(10))
@@ -25,6 +28,18 @@ DATABASES = {
         for primary in FLEET_PRIMARIES
     },
 }
+#: The transactions benchmark's PostgreSQL databases (connected to only when it runs).
+POSTGRES_URL = os.environ.get(
+    "DBFLEET_BENCH_POSTGRES_URL",
+    os.environ.get("DBFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
+)
+TRANSACTION_ALIASES = ("tx_a", "tx_b", "tx_c")
+DATABASES.update(
+    {
+        alias: dict(dj_database_url.parse(f"{POSTGRES_URL}/dbfleet_bench_{alias}"))
+        for alias in TRANSACTION_ALIASES
+    }
+)
 DATABASE_ROUTERS: list[str] = []
 INSTALLED_APPS = ["dbfleet", "bench.bookshop", "bench.manymodels"]
 SECRET_KEY = "dbfleet-bench"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import closing
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from typing import Any
 
 import dj_database_url
@@ -41,3 +46,29 @@ def recreate(engine: str, name: str, *, create: bool = True) -> None:
         if create:
             charset = " CHARACTER SET utf8mb4" if engine == "mysql" else ""
             cursor.execute(f"CREATE DATABASE {name}{charset}")
+
+
+@contextmanager
+def scratch_postgres(port: int = 5499) -> Iterator[str]:
+    """A new, empty PostgreSQL cluster with default settings; yields its server URL."""
+    bindir = subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
+    # PostgreSQL refuses to run as root: run it as the postgres user then.
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    with tempfile.TemporaryDirectory() as directory:
+        if as_owner:
+            shutil.chown(directory, "postgres")
+        data = os.path.join(directory, "data")
+        subprocess.run(
+            [*as_owner, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
+        pg_ctl = [*as_owner, f"{bindir}/pg_ctl", "-D", data]
+        subprocess.run(
+            [*pg_ctl, "-o", options, "-l", os.path.join(directory, "log"), "-w", "start"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        try:
+            yield f"postgres://postgres@127.0.0.1:{port}"
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)

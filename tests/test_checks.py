@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,9 @@ from django.core.checks import CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
+
+from tests.servers import scratch_postgres
+from tests.settings import CONFIGURATION
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = {"library.Book": "books", "library.Review": "books", "loans": "loans"}
@@ -222,3 +229,32 @@ def test_w003_silent_for_an_app_routed_as_a_whole() -> None:
 def test_e016_route_to_an_auto_created_model() -> None:
     message = only(problems(ROUTES={**ROUTES, "loans.Loan_books_read": "default"}), "dbfleet.E016")
     assert "auto-created model 'loans.Loan_books_read'" in message.msg
+
+
+def test_e019_unknown_write_guard_mode() -> None:
+    message = only(problems(WRITE_GUARD="rasie"), "dbfleet.E019")
+    assert message.hint is not None and "Did you mean 'raise'?" in message.hint
+
+
+@pytest.mark.parametrize("grace", [-1, "60", float("inf"), True])
+def test_e020_recovery_grace_not_a_number_of_seconds(grace: object) -> None:
+    only(problems(RECOVERY_GRACE=grace), "dbfleet.E020")
+
+
+@pytest.mark.skipif(
+    CONFIGURATION != "postgres" or shutil.which("pg_config") is None,
+    reason="starts its own PostgreSQL cluster; runs in the postgres configuration",
+)
+def test_w004_postgres_without_prepared_transactions() -> None:
+    """A new cluster has PostgreSQL's default, max_prepared_transactions = 0."""
+    with scratch_postgres() as url:
+        result = subprocess.run(
+            [sys.executable, "-m", "django", "check", "--database", "scratch"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.scratch_settings",
+                 "DBFLEET_SCRATCH_URL": url},
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "System check identified 1 issue" in result.stderr
+    assert "Database 'scratch' (PostgreSQL) has max_prepared_transactions = 0" in result.stderr
+    assert "ALTER SYSTEM SET max_prepared_transactions = 64" in result.stderr

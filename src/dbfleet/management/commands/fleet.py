@@ -397,12 +397,18 @@ class Command(BaseCommand):
 
     def handle_status(self, *, format: str, **options: Any) -> None:
         result = status(self.chosen_databases(options["databases"]))
-        capable = [alias for alias in participants() if alias not in result.errors]
-        found, _ = find_in_doubt([alias for alias in result.databases if alias in capable])
+        # Every database that can hold prepared transactions, migrated here or not.
+        capable = [
+            alias
+            for alias in participants()
+            if alias not in result.errors
+            and (not options["databases"] or alias in options["databases"])
+        ]
+        found, unreachable = find_in_doubt(capable)
         in_doubt = {
             alias: sum(prepared.alias == alias for prepared in found)
-            for alias in result.databases
-            if alias in capable
+            for alias in capable
+            if alias not in unreachable
         }
         if format == "json":
             document = {**dataclasses.asdict(result), "in_doubt": in_doubt}
@@ -415,13 +421,17 @@ class Command(BaseCommand):
             counts = ", ".join(
                 f"{result.count(alias, state)} {state}" for state in (APPLIED, PENDING, NOT_ROUTED)
             )
-            if in_doubt.get(alias):
-                counts += ", " + self.style.ERROR(
-                    f"{in_doubt[alias]} in-doubt transaction(s): run `fleet recover`"
-                )
-            elif alias in in_doubt:
-                counts += ", 0 in doubt"
+            if alias in in_doubt:
+                counts += ", " + self.in_doubt_summary(in_doubt[alias])
             self.stdout.write(f"{self.style.MIGRATE_HEADING(alias)}: {counts}")
+        for alias in capable:
+            if alias not in result.databases:
+                summary = (
+                    self.style.ERROR(f"unreachable: {unreachable[alias]}")
+                    if alias in unreachable
+                    else self.in_doubt_summary(in_doubt[alias])
+                )
+                self.stdout.write(f"{self.style.MIGRATE_HEADING(alias)}: {summary}")
         reachable = [alias for alias in result.databases if alias not in result.errors]
         rows = [
             (label, states)
@@ -447,6 +457,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {item.database}: {item.model}: {item.problem}")
         else:
             self.stdout.write("\nAudit: every table is where its migrations and routes say.")
+
+    def in_doubt_summary(self, count: int) -> str:
+        if not count:
+            return "0 in doubt"
+        return self.style.ERROR(f"{count} in doubt: run `fleet recover`")
 
     def handle_recover(
         self, *, grace: float | None, dry_run: bool, format: str, **options: Any
