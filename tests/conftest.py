@@ -41,7 +41,27 @@ def unavailable() -> str | None:
     return None
 
 
+#: Tests that bring their own databases run once, in this configuration (it has both servers).
+OWN_DATABASES = {"tests/test_crash.py": "mixed"}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "own-database tests: " + ", ".join(
+        f"{module} (runs with DBFLEET_TEST_DATABASES={configuration})"
+        for module, configuration in OWN_DATABASES.items()
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    configuration = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
+    elsewhere = [
+        item
+        for item in items
+        if OWN_DATABASES.get(item.nodeid.partition("::")[0], configuration) != configuration
+    ]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
     reason = unavailable()
     if reason is None:
         return

@@ -8,7 +8,7 @@ every step of the protocol, then at random moments; each time, after
 prepared transaction may be left.
 
 These tests bring their own databases (``dbfleet_crash_*``), so they run in
-one configuration only: ``mixed``, which has both servers.
+one configuration only, ``mixed``, which has both servers (see conftest.py).
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ import pytest
 
 from tests.crash.settings import ENGINES, PREFIX
 from tests.servers import SERVER_URLS, recreate, server_connection
-from tests.settings import CONFIGURATION
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.crash.settings"}
-pytestmark = pytest.mark.skipif(
-    CONFIGURATION != "mixed", reason="runs once, in the mixed configuration (own databases)"
-)
 
 SCENARIOS = {
     "postgres+mariadb": ("pg2", "maria"),
@@ -106,8 +102,6 @@ def roll_back_leftovers() -> None:
 
 @pytest.fixture(scope="module")
 def crash_databases() -> Iterator[None]:
-    if CONFIGURATION != "mixed":  # pragma: no cover  (the module is skipped)
-        pytest.skip("mixed configuration only")
     roll_back_leftovers()
     for alias, engine in ENGINES.items():
         recreate(engine, f"{PREFIX}_{alias}")

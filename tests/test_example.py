@@ -115,6 +115,10 @@ def test_demo_on_sqlite_files(tmp_path: Path) -> None:
     output = run_demo(tmp_path)
 
     assert printed_placement(output) == EXPECTED
+    assert "dbfleet.atomic(Author, Book), then an exception: (authors, books) (3, 3) -> (3, 3)" in (
+        output
+    )
+    assert "The write guard said: A write on database 'books' ran outside" in output
     assert {alias: sqlite_counts(tmp_path / f"{alias}.sqlite3") for alias in ALIASES} == EXPECTED
 
 

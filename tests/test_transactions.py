@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from django.core import mail
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
-from dbfleet.transactions import is_write, resolve_all
+from dbfleet.transactions import is_write, resolve_all, write_guard_mode
 from tests.bank.models import Account, Vault
 from tests.library.models import Author, Book, Review
 from tests.loans.models import Favourite, Loan, Member
@@ -341,3 +344,38 @@ def test_is_write(sql: str, write: bool) -> None:
 def test_errors_are_database_errors() -> None:
     assert issubclass(dbfleet.PartialCommitError, DatabaseError)
     assert issubclass(dbfleet.WriteOutsideTransactionError, TransactionManagementError)
+
+
+@override_settings(DBFLEET={**DBFLEET, "WRITE_GUARD": None})
+def test_the_write_guard_is_on_with_debug_or_in_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert write_guard_mode() == "warn"  # The test runner's mail.outbox is there.
+    monkeypatch.delattr(mail, "outbox")
+    assert write_guard_mode() == "off"
+    with override_settings(DEBUG=True):
+        assert write_guard_mode() == "warn"
+
+
+@pytest.mark.skipif(
+    "sqlite" in (ENGINES["default"], ENGINES["books"]),
+    reason="SQLite lets one writer at a time into a database",
+)
+def test_one_block_object_can_be_entered_by_several_threads_and_nested() -> None:
+    shared = dbfleet.atomic(Author, Book)
+    inside = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        try:
+            with shared:
+                Author.objects.create(first_name=name)
+                inside.wait(timeout=10)  # Both threads are in the block at once.
+                with pytest.raises(Boom), shared:
+                    Book.objects.create(title=f"{name}'s lost book")
+                    raise Boom
+                Book.objects.create(title=name)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(work, ["first", "second"]))
+    assert sorted(Author.objects.values_list("first_name", flat=True)) == ["first", "second"]
+    assert sorted(Book.objects.values_list("title", flat=True)) == ["first", "second"]

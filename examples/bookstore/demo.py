@@ -216,6 +216,43 @@ def show_placement() -> None:
     print(f"As routed: {' and '.join(homes)}.")
 
 
+class Undo(Exception):
+    """Raised inside a block to roll it back."""
+
+
+def transactions() -> None:
+    """A block on both databases rolls back on both; Django's atomic() alone does not."""
+    import warnings
+
+    from django.db import transaction
+
+    import dbfleet
+
+    Author, Book = bookstore_model("Author"), bookstore_model("Book")
+    before = Author.objects.count(), Book.objects.count()
+    try:
+        with dbfleet.atomic(Author, Book):
+            Author.objects.create(first_name="Mary", last_name="Shelley")
+            Book.objects.create(content="You will rejoice to hear that no disaster has ...")
+            raise Undo
+    except Undo:
+        pass
+    after = Author.objects.count(), Book.objects.count()
+    print(f"dbfleet.atomic(Author, Book), then an exception: (authors, books) {before} -> {after}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dbfleet.WriteOutsideTransaction)
+        try:
+            with transaction.atomic():  # On 'default' only: the book is not in it.
+                stray = Book.objects.create(content="Stays, although the block rolled back.")
+                raise Undo
+        except Undo:
+            pass
+    print(f"transaction.atomic(), then an exception: {Book.objects.count()} books, one too many.")
+    print(f"The write guard said: {caught[0].message}")
+    stray.delete()
+
+
 def main() -> None:
     """Run the demo's steps in order."""
     setup()
@@ -233,6 +270,8 @@ def main() -> None:
     store()
     heading("5. Where the rows are, asking each database directly")
     show_placement()
+    heading("6. A transaction over both databases")
+    transactions()
 
 
 if __name__ == "__main__":

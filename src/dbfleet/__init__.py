@@ -9,9 +9,11 @@ from dbfleet.transactions import (
     atomic,
     on_commit,
 )
+from dbfleet.two_phase import InDoubtError
 
 __all__ = [
     "CommitError",
+    "InDoubtError",
     "PartialCommitError",
     "Router",
     "WriteOutsideTransaction",

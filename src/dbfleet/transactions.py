@@ -119,19 +119,21 @@ class _Frame:
     """One entry into an :class:`Atomic` block."""
 
     aliases: list[str]
+    two_phase: bool
     blocks: list[transaction.Atomic] = field(default_factory=list)
     outermost: list[str] = field(default_factory=list)
+    protocol: Any = None  # a two_phase.Protocol when this frame runs the protocol
     token: Any = None
-    protocol: Any = None  # a two_phase.Protocol when this frame commits in two phases
 
 
-# The aliases of every dbfleet.atomic block open in this context, innermost last.
-_OPEN: ContextVar[tuple[frozenset[str], ...]] = ContextVar("dbfleet_open_blocks", default=())
+# Every dbfleet.atomic block open in this context, innermost last. The state of
+# a block lives here, not on the Atomic object, so that one object can be
+# entered by several threads or tasks at once.
+_FRAMES: ContextVar[tuple[_Frame, ...]] = ContextVar("dbfleet_atomic_blocks", default=())
 # While a block commits, callbacks that became due wait here for the whole group.
 _DUE: ContextVar[list[tuple[Callable[[], Any], bool]] | None] = ContextVar(
     "dbfleet_due_callbacks", default=None
 )
-_TWO_PHASE: ContextVar[frozenset[str]] = ContextVar("dbfleet_two_phase", default=frozenset())
 _UNGUARDED: ContextVar[bool] = ContextVar("dbfleet_unguarded", default=False)
 
 
@@ -153,7 +155,7 @@ class Atomic(ContextDecorator):
     """An atomic block on each target's database, committed together.
 
     Reentrant and thread-safe like Django's ``Atomic``: the state of each entry
-    lives on a stack, and a decorated function gets a fresh instance per call.
+    lives in a context variable, not on the object.
     """
 
     def __init__(
@@ -163,14 +165,11 @@ class Atomic(ContextDecorator):
         self.savepoint = savepoint
         self.durable = durable
         self.two_phase = two_phase
-        self._frames: list[_Frame] = []
-
-    def _recreate_cm(self) -> Atomic:
-        return Atomic(self.targets, self.savepoint, self.durable, self.two_phase)
 
     def __enter__(self) -> None:
-        frame = _Frame(resolve_all(self.targets))
-        two_phase = self.two_phase and _starts_two_phase(frame.aliases)
+        aliases = resolve_all(self.targets)
+        frame = _Frame(aliases, self.two_phase)
+        starts_two_phase = self.two_phase and _starts_two_phase(aliases)
         for alias in frame.aliases:
             connection = connections[alias]
             if not connection.in_atomic_block:
@@ -182,7 +181,7 @@ class Atomic(ContextDecorator):
                 _exit_blocks(frame.blocks, error)
                 raise
             frame.blocks.append(block)
-        if two_phase:
+        if starts_two_phase:
             from dbfleet.two_phase import Protocol
 
             try:
@@ -190,13 +189,7 @@ class Atomic(ContextDecorator):
             except BaseException as error:
                 _exit_blocks(frame.blocks, error)
                 raise
-        frame.token = (
-            _OPEN.set((*_OPEN.get(), frozenset(frame.aliases))),
-            _TWO_PHASE.set(_TWO_PHASE.get() | set(frame.aliases))
-            if frame.protocol is not None
-            else None,
-        )
-        self._frames.append(frame)
+        frame.token = _FRAMES.set((*_FRAMES.get(), frame))
 
     def __exit__(
         self,
@@ -204,11 +197,8 @@ class Atomic(ContextDecorator):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        frame = self._frames.pop()
-        open_token, two_phase_token = frame.token
-        _OPEN.reset(open_token)
-        if two_phase_token is not None:
-            _TWO_PHASE.reset(two_phase_token)
+        frame = _FRAMES.get()[-1]
+        _FRAMES.reset(frame.token)
         if exc_value is not None:
             if frame.protocol is not None:
                 frame.protocol.abort()
@@ -234,7 +224,7 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
     from dbfleet.two_phase import check_engines
 
     check_engines(aliases)
-    enclosing = _TWO_PHASE.get()
+    enclosing = {alias for frame in _FRAMES.get() if frame.two_phase for alias in frame.aliases}
     nested = [alias for alias in aliases if connections[alias].in_atomic_block]
     if not nested:
         return True
@@ -327,7 +317,7 @@ def _raw_commit(connection: BaseDatabaseWrapper) -> None:
 
 def atomic_targets() -> frozenset[str]:
     """Every database an open ``dbfleet.atomic`` block in this context covers."""
-    return frozenset().union(*_OPEN.get())
+    return frozenset(alias for frame in _FRAMES.get() for alias in frame.aliases)
 
 
 @overload

@@ -36,7 +36,8 @@ DATABASES = {"default": database("default"), "books": database("books")}
 
 # The whole router: Author is unrouted, so it stays in "default".
 DATABASE_ROUTERS = ["dbfleet.Router"]
-DBFLEET = {"ROUTES": {"books.Book": "books"}}
+# The write guard is on by itself when DEBUG is; the demo turns it on to show it.
+DBFLEET = {"ROUTES": {"books.Book": "books"}, "WRITE_GUARD": "warn"}
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
