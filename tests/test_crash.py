@@ -133,8 +133,38 @@ def start_child(aliases: tuple[str, ...], first: int, pause: bool) -> subprocess
 
 
 def kill(child: subprocess.Popen[str]) -> None:
+    """SIGKILL the child, then wait until the servers have ended its sessions.
+
+    A statement the child had sent still runs to its end on the server (a
+    PREPARE may complete after the client is gone); only then is the state final.
+    """
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while other_sessions():
+        assert time.monotonic() < deadline, "the killed child's sessions did not end"
+        time.sleep(0.01)
+
+
+def other_sessions() -> int:
+    """Sessions on the crash databases other than the one asking."""
+    with closing(server_connection(SERVER_URLS["postgres"])) as connection:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE %s "
+            "AND pid <> pg_backend_pid()",
+            [f"{PREFIX}_%"],
+        )
+        (found,) = cursor.fetchone()
+    with closing(server_connection(SERVER_URLS["mysql"])) as connection:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.processlist "
+            "WHERE db = %s AND id <> CONNECTION_ID()",
+            [f"{PREFIX}_maria"],
+        )
+        found += cursor.fetchone()[0]
+    return int(found)
 
 
 def fleet_recover() -> str:

@@ -13,13 +13,20 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
 from dbfleet.models import Decision
-from dbfleet.two_phase import InDoubtError, find_in_doubt, recover, two_phase_step
+from dbfleet.two_phase import (
+    InDoubtError,
+    find_in_doubt,
+    recover,
+    settle,
+    two_phase_step,
+    vanished,
+)
 from tests.bank.models import Account, Vault
 from tests.library.models import Review
 from tests.loans.models import Member
@@ -363,3 +370,19 @@ def test_concurrent_transfers_conserve_the_total(two_phase: bool) -> None:
     assert Account.objects.exclude(balance=1000).exists()  # Money did move.
     assert nothing_in_doubt()
     assert Decision.objects.count() == 0
+
+
+@needs["default"]
+@needs["books"]
+def test_a_transaction_settled_meanwhile_is_recognised(money: None, on_step: Any) -> None:
+    """Recovery may race a coordinator that finishes: that is not a failure."""
+    on_step("commit", lambda alias: kill_session(alias))
+    with pytest.raises(InDoubtError):
+        transfer(1)
+    connections["books"].close()
+    (prepared,) = find_in_doubt()[0]
+    settle(prepared, True)
+    with pytest.raises(DatabaseError) as caught:
+        settle(prepared, True)
+    assert vanished(caught.value)
+    assert balances() == (99, 101)

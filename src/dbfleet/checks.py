@@ -248,7 +248,9 @@ def check_migration_hints(
     return messages
 
 
-@register(TAG, Tags.database)
+# Tagged "database" only: Django 6 runs tagged checks on every database, and
+# `check --tag dbfleet` should not connect anywhere.
+@register(Tags.database)
 def check_prepared_transactions(
     app_configs: Sequence[Any] | None = None,
     databases: Sequence[str] | None = None,

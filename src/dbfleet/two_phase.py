@@ -454,7 +454,8 @@ def in_doubt(alias: str) -> list[Prepared]:
     return found
 
 
-def _settle(prepared: Prepared, commit: bool) -> None:
+def settle(prepared: Prepared, commit: bool) -> None:
+    """Commit or roll back one prepared transaction."""
     connection = connections[prepared.via]
     if connection.vendor == "postgresql":
         _pg_finish(connection, prepared.name, commit)
@@ -462,6 +463,13 @@ def _settle(prepared: Prepared, commit: bool) -> None:
         gtrid = prepared.transaction_id
         xid = (gtrid, prepared.name[len(gtrid) :], XA_FORMAT)
         _execute(connection, f"XA {'COMMIT' if commit else 'ROLLBACK'} %s, %s, %s", xid)
+
+
+def vanished(error: DatabaseError) -> bool:
+    """Whether ``error`` says the prepared transaction no longer exists."""
+    cause = error.__cause__
+    # PostgreSQL: undefined_object; MariaDB/MySQL: XAER_NOTA (unknown XID).
+    return getattr(cause, "sqlstate", None) == "42704" or error.args[:1] == (1397,)
 
 
 @dataclass
@@ -549,9 +557,14 @@ def recover(grace: float | None = None, dry_run: bool = False) -> Recovery:
             )
             continue
         try:
-            _settle(prepared, decision)
+            settle(prepared, decision)
         except DatabaseError as error:
-            outcomes.append(Outcome(prepared, "failed", str(error).strip()))
+            if vanished(error):
+                # Settled since it was listed: by its own coordinator, finishing,
+                # or another recovery; either way as the decision says.
+                outcomes.append(Outcome(prepared, "already settled", detail))
+            else:
+                outcomes.append(Outcome(prepared, "failed", str(error).strip()))
             continue
         outcomes.append(Outcome(prepared, "committed" if decision else "rolled back", detail))
     recovery = Recovery(outcomes, unreachable)
