@@ -129,7 +129,13 @@ def test(args: argparse.Namespace) -> None:
     for other in [] if args.quick else other_pythons():
         python6 = ensure_venv(other, ROOT / ".venv-django6", REQUIREMENTS / "django6.txt")
         # "mixed" puts all three engines in one project; "sqlite" needs no server.
-        failed += test_run(python6, "django6", ("sqlite", "mixed"), args.pytest_args)
+        # The crash tests (two minutes of killed processes) ran once already.
+        failed += test_run(
+            python6,
+            "django6",
+            ("sqlite", "mixed"),
+            ["--ignore=tests/test_crash.py", *args.pytest_args],
+        )
 
     say("Coverage of src/dbfleet (branches)")
     run(python, "-m", "coverage", "combine", "--quiet", check=False)
