@@ -75,7 +75,7 @@ def prepared_left() -> list[str]:
         cursor.execute("XA RECOVER")
         for _, gtrid_length, _, data in cursor.fetchall():
             data = data.decode() if isinstance(data, bytes) else data
-            if data[gtrid_length:] == "maria":
+            if data[gtrid_length:] == f"{PREFIX}_maria":
                 found.append(data)
     return found
 

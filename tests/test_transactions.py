@@ -15,7 +15,7 @@ from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
-from dbfleet.transactions import is_write, resolve_all, write_guard_mode
+from dbfleet.transactions import guard_writes, is_write, resolve_all, write_guard_mode
 from tests.bank.models import Account, Vault
 from tests.library.models import Author, Book, Review
 from tests.loans.models import Favourite, Loan, Member
@@ -379,3 +379,51 @@ def test_one_block_object_can_be_entered_by_several_threads_and_nested() -> None
         list(pool.map(work, ["first", "second"]))
     assert sorted(Author.objects.values_list("first_name", flat=True)) == ["first", "second"]
     assert sorted(Book.objects.values_list("title", flat=True)) == ["first", "second"]
+
+
+def test_a_failing_django_callback_still_leaves_every_block() -> None:
+    def fail() -> None:
+        raise Boom
+
+    with pytest.raises(Boom), dbfleet.atomic(Author, Book):
+        Author.objects.create(first_name="Ann")
+        Book.objects.create(title="Dune")
+        transaction.on_commit(fail, using="default")  # Django's, on the first database.
+    assert not in_block("default") and not in_block("books")
+    assert connections["books"].get_autocommit()
+    assert (Author.objects.count(), Book.objects.count()) == (1, 1)
+
+
+def test_a_database_marked_for_rollback_rolls_back_the_nested_group() -> None:
+    with dbfleet.atomic(Author, Book):
+        Author.objects.create(first_name="kept")
+        with dbfleet.atomic(Author, Book):
+            Author.objects.create(first_name="lost")
+            Book.objects.create(title="lost")
+            transaction.set_rollback(True, using="default")
+        Book.objects.create(title="kept")
+    assert list(Author.objects.values_list("first_name", flat=True)) == ["kept"]
+    assert list(Book.objects.values_list("title", flat=True)) == ["kept"]
+
+
+def test_the_write_guard_keeps_djangos_execute_wrapper_order() -> None:
+    """A wrapper pushed before the connection opens is the one popped when it ends."""
+    seen: list[str] = []
+
+    def mine(execute: Any, sql: str, *args: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, *args)
+
+    def in_a_new_thread() -> list[Any]:
+        connection = connections["books"]
+        try:
+            with connection.execute_wrapper(mine):
+                Book.objects.count()  # Opens the connection: the guard goes in.
+            return list(connection.execute_wrappers)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        wrappers = pool.submit(in_a_new_thread).result()
+    assert wrappers == [guard_writes]
+    assert seen

@@ -13,19 +13,19 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
+from dbfleet import two_phase
 from dbfleet.models import Decision
 from dbfleet.two_phase import (
     InDoubtError,
     find_in_doubt,
     recover,
-    settle,
+    settle_one,
     two_phase_step,
-    vanished,
 )
 from tests.bank.models import Account, Vault
 from tests.library.models import Review
@@ -145,15 +145,56 @@ def test_without_the_default_database_every_writer_is_prepared(
 
 @needs["default"]
 @needs["books"]
-def test_a_database_that_only_read_is_not_prepared(
+def test_a_database_that_wrote_nothing_is_not_prepared(
     money: None, steps: list[tuple[str, str | None]]
 ) -> None:
     with dbfleet.atomic(Account, Vault, two_phase=True):
-        assert Vault.objects.select_for_update().get().balance == 100
         Account.objects.update(balance=1)
     assert balances() == (1, 100)
     assert steps == []  # One writer: a plain commit, no decision needed.
     assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_database_that_only_read_is_not_prepared_on_postgresql(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        assert Vault.objects.get().balance == 100
+        Account.objects.update(balance=1)
+    assert balances() == (1, 100)
+    if connections["books"].vendor == "postgresql":
+        assert steps == []  # The server says the transaction wrote nothing.
+    else:
+        assert ("prepare", "books") in steps  # MariaDB cannot tell: prepared to be safe.
+    assert nothing_in_doubt()
+
+
+FUNCTIONS = {
+    "postgresql": "CREATE FUNCTION dbfleet_write() RETURNS integer AS $$ "
+    "INSERT INTO bank_vault (name, balance) VALUES ('by a function', 1) RETURNING 1 $$ "
+    "LANGUAGE sql",
+    "mysql": "CREATE FUNCTION dbfleet_write() RETURNS integer MODIFIES SQL DATA BEGIN "
+    "INSERT INTO bank_vault (name, balance) VALUES ('by a function', 1); RETURN 1; END",
+}
+
+
+@needs["default"]
+@needs["books"]
+def test_a_write_hidden_in_a_select_is_found_and_prepared(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    books = connections["books"]
+    with books.cursor() as cursor:
+        cursor.execute("DROP FUNCTION IF EXISTS dbfleet_write")
+        cursor.execute(FUNCTIONS[books.vendor])
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=1)
+        with books.cursor() as cursor:
+            cursor.execute("SELECT dbfleet_write()")  # A write, by its first keyword a read.
+    assert ("prepare", "books") in steps
+    assert Vault.objects.filter(name="by a function").exists()
 
 
 @needs["default"]
@@ -381,8 +422,87 @@ def test_a_transaction_settled_meanwhile_is_recognised(money: None, on_step: Any
         transfer(1)
     connections["books"].close()
     (prepared,) = find_in_doubt()[0]
-    settle(prepared, True)
-    with pytest.raises(DatabaseError) as caught:
-        settle(prepared, True)
-    assert vanished(caught.value)
+    assert settle_one(prepared, True).action == "committed"
+    assert settle_one(prepared, True).action == "already settled"
     assert balances() == (99, 101)
+
+
+@needs["default"]
+@needs["books"]
+def test_recovery_while_the_coordinator_is_still_committing(money: None, on_step: Any) -> None:
+    """PostgreSQL lets recovery commit the branch; MariaDB keeps it for its live session."""
+    seen: list[list[str]] = []
+
+    def recover_meanwhile(alias: str | None) -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            outcomes = pool.submit(recovery_in_a_thread).result()
+        seen.append(outcomes)
+
+    on_step("commit", recover_meanwhile)
+    transfer(7)  # No error: committed, by the coordinator or by recovery.
+    expected = "busy" if connections["books"].vendor == "mysql" else "committed"
+    assert seen == [[expected]]
+    assert balances() == (93, 107)
+    assert nothing_in_doubt()
+    assert Decision.objects.count() == 0
+
+
+def recovery_in_a_thread() -> list[str]:
+    try:
+        return [outcome.action for outcome in recover(grace=0).outcomes]
+    finally:
+        connections.close_all()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_coordinator_late_after_recovery_rolled_back_rolls_back_too(
+    money: None, on_step: Any
+) -> None:
+    """Recovery's "roll back" record makes a slow coordinator's "commit" record collide."""
+    decided: list[str] = []
+
+    def recovery_first(step: str, transaction_id: str, **kwargs: Any) -> None:
+        if step == "decide":
+            decided.append(transaction_id)
+            assert two_phase.decide_rollback(transaction_id) is False
+
+    two_phase_step.connect(recovery_first)
+    try:
+        with pytest.raises(dbfleet.CommitError, match="`fleet recover` had already decided"):
+            transfer(25)
+    finally:
+        two_phase_step.disconnect(recovery_first)
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
+    assert Decision.objects.get(transaction_id=decided[0]).committed is False
+
+
+@needs["default"]
+@needs["books"]
+def test_a_coordinator_that_loses_its_connection_while_deciding_leaves_it_to_recovery(
+    money: None, on_step: Any
+) -> None:
+    on_step("decide", lambda alias: kill_session("default"))
+    with pytest.raises(InDoubtError, match="broke while it committed|recording the decision"):
+        transfer(5)
+    connections["default"].close()
+    assert len(find_in_doubt()[0]) == 1  # 'books', prepared.
+    assert [outcome.action for outcome in recover(grace=0).outcomes] == ["rolled back"]
+    assert balances() == (100, 100)
+
+
+@needs["books"]
+@needs["loans"]
+def test_the_decision_never_rides_in_a_transaction_open_on_the_default_database(
+    steps: list[tuple[str, str | None]],
+) -> None:
+    with pytest.raises(Boom), transaction.atomic(using="default"):
+        with dbfleet.atomic(Vault, Member, two_phase=True):
+            Vault.objects.create(name="v")
+            Member.objects.create(name="m")
+        Account.objects.create(name="rolled back with default's own transaction")
+        raise Boom
+    assert (Vault.objects.count(), Member.objects.count(), Account.objects.count()) == (1, 1, 0)
+    assert ("done", None) in steps
+    assert Decision.objects.count() == 0

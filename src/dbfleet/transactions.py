@@ -243,52 +243,70 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
     )
 
 
-def _exit_blocks(blocks: Sequence[transaction.Atomic], error: BaseException) -> None:
-    """Leave Django's blocks, innermost database last in, rolling each back."""
+def _exit_blocks(blocks: Sequence[transaction.Atomic], error: BaseException | None = None) -> None:
+    """Leave Django's blocks, last entered first, rolling each back if ``error`` is given.
+
+    Every block is left even when one raises (an on_commit callback may); the
+    first exception is raised once all are.
+    """
+    first: BaseException | None = None
     for block in reversed(blocks):
-        block.__exit__(type(error), error, error.__traceback__)
+        try:
+            if error is None:
+                block.__exit__(None, None, None)
+            else:
+                block.__exit__(type(error), error, error.__traceback__)
+        except BaseException as raised:
+            first = first or raised
+    if first is not None:
+        raise first
 
 
 def _commit(frame: _Frame) -> None:
     """Leave the frame's blocks: release the nested ones, commit the outermost ones together."""
-    outermost = [
-        block
-        for alias, block in zip(frame.aliases, frame.blocks, strict=True)
-        if alias in frame.outermost
-    ]
-    nested = [block for block in frame.blocks if block not in outermost]
-    for index, block in enumerate(reversed(nested)):
-        try:
-            block.__exit__(None, None, None)
-        except BaseException as error:
-            if frame.protocol is not None:
-                frame.protocol.abort()
-            _exit_blocks(outermost + nested[: len(nested) - index - 1], error)
-            raise
-    doomed = [
-        alias
-        for alias in frame.outermost
-        if connections[alias].needs_rollback or connections[alias].closed_in_transaction
-    ]
-    if doomed:
+    if any(
+        connections[alias].needs_rollback or connections[alias].closed_in_transaction
+        for alias in frame.aliases
+    ):
         # Django rolls such a block back without an error; the group follows it.
         if frame.protocol is not None:
             frame.protocol.abort()
-        _exit_blocks(outermost, _GroupRollback())
+        _exit_blocks(frame.blocks, _GroupRollback())
         return
+    pairs = list(zip(frame.aliases, frame.blocks, strict=True))
+    outermost = [block for alias, block in pairs if alias in frame.outermost]
+    nested = [(alias, block) for alias, block in pairs if alias not in frame.outermost]
+    released: list[str] = []
+    while nested:
+        alias, block = nested.pop()
+        try:
+            block.__exit__(None, None, None)
+        except BaseException as error:
+            # The savepoints already released merged into their transactions:
+            # those must now roll back as a whole, as this one does.
+            for done in released:
+                connections[done].needs_rollback = True
+            if frame.protocol is not None:
+                frame.protocol.abort()
+            _exit_blocks(outermost + [block for _, block in nested], error)
+            raise
+        released.append(alias)
     if frame.protocol is not None:
         try:
             frame.protocol.commit()
         except BaseException as error:
             _exit_blocks(outermost, error)
             raise
+        for alias in frame.outermost:
+            # Committed already; a connection that broke since must not fail the exit.
+            if not connections[alias].is_usable():
+                connections[alias].close()
     elif len(outermost) > 1:
         _commit_one_by_one(frame.outermost, outermost)
         return
     # Every outermost transaction is settled (or there is one): Django's own
     # exit commits what is left and runs its on_commit callbacks.
-    for block in outermost:
-        block.__exit__(None, None, None)
+    _exit_blocks(outermost)
 
 
 def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atomic]) -> None:
@@ -296,17 +314,17 @@ def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atom
         try:
             _raw_commit(connections[alias])
         except BaseException as error:
-            rest = list(blocks[index:])
-            _exit_blocks(rest, error)
+            _exit_blocks(blocks[index:], error)
             if index == 0:
                 raise
             # The earlier databases committed: leave their blocks (which runs
             # their Django on_commit callbacks, as their data is in) and say so.
-            for done in blocks[:index]:
-                done.__exit__(None, None, None)
+            try:
+                _exit_blocks(blocks[:index])
+            except Exception:
+                logger.exception("An on_commit callback failed after a partial commit.")
             raise PartialCommitError(aliases[:index], alias, aliases[index + 1 :]) from error
-    for block in blocks:
-        block.__exit__(None, None, None)
+    _exit_blocks(blocks)
 
 
 def _raw_commit(connection: BaseDatabaseWrapper) -> None:
@@ -416,4 +434,6 @@ def guard_writes(
 def install_write_guard(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     """``connection_created`` receiver: add the write guard where it is on."""
     if guard_writes not in connection.execute_wrappers and write_guard_mode() != "off":
-        connection.execute_wrappers.append(guard_writes)
+        # First, under any wrapper a `with connection.execute_wrapper(...)` has
+        # pushed: that one pops the last wrapper when it ends.
+        connection.execute_wrappers.insert(0, guard_writes)

@@ -122,6 +122,12 @@ class _Postgres:
     def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
         _pg_finish(connection, _pg_gid(xid, connection), commit)
 
+    @staticmethod
+    def wrote(connection: BaseDatabaseWrapper) -> bool | None:
+        # A transaction gets an id when it first writes (or locks a row).
+        rows = _execute(connection, "SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        return bool(rows[0][0])
+
 
 def _pg_gid(xid: str, connection: BaseDatabaseWrapper) -> str:
     # Global ids are unique per server, and two databases of one server may
@@ -148,7 +154,15 @@ class _MySQL:
 
     @staticmethod
     def _xid(connection: BaseDatabaseWrapper, xid: str) -> tuple[str, str, int]:
-        return (xid, connection.alias, XA_FORMAT)
+        # The server lists every XA transaction on it, whatever the database:
+        # the database's name in the branch qualifier tells this one's apart.
+        return (xid, _xa_branch(connection), XA_FORMAT)
+
+    @staticmethod
+    def wrote(connection: BaseDatabaseWrapper) -> bool | None:
+        # Unknown: information_schema.innodb_trx is refreshed only every 0.1 s,
+        # and the session's Handler_* counters move with temporary tables too.
+        return None
 
     @staticmethod
     def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
@@ -176,6 +190,10 @@ class _MySQL:
         _execute(connection, f"XA {verb} %s, %s, %s", _MySQL._xid(connection, xid))
 
 
+def _xa_branch(connection: BaseDatabaseWrapper) -> str:
+    return str(connection.settings_dict["NAME"])
+
+
 def _engine(connection: BaseDatabaseWrapper) -> type[_Postgres] | type[_MySQL]:
     return _Postgres if connection.vendor == "postgresql" else _MySQL
 
@@ -190,7 +208,8 @@ class Protocol:
     def __init__(self, aliases: Sequence[str]) -> None:
         self.transaction_id = new_transaction_id()
         self.aliases = list(aliases)
-        self.written: set[str] = set()
+        self.written: set[str] = set()  # by the statements' first keywords
+        self.executed: set[str] = set()
         self.state = dict.fromkeys(self.aliases, "active")
         self._wrappers: dict[str, Any] = {}
 
@@ -201,18 +220,20 @@ class Protocol:
             connection = connections[alias]
 
             def track(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+                alias = context["connection"].alias
+                protocol.executed.add(alias)
                 if is_write(sql):
-                    protocol.written.add(context["connection"].alias)
+                    protocol.written.add(alias)
                 return execute(sql, params, many, context)
 
-            protocol._wrappers[alias] = track
-            connection.execute_wrappers.append(track)
             try:
                 _engine(connection).begin(connection, protocol.transaction_id)
             except BaseException:
                 protocol.state[alias] = "done"
                 protocol.abort()
                 raise
+            protocol._wrappers[alias] = track
+            connection.execute_wrappers.append(track)
         return protocol
 
     def _stop_tracking(self) -> None:
@@ -224,6 +245,10 @@ class Protocol:
     def _do(self, alias: str, action: str, *args: Any) -> None:
         connection = connections[alias]
         getattr(_engine(connection), action)(connection, self.transaction_id, *args)
+
+    def _ask(self, alias: str, question: str) -> Any:
+        connection = connections[alias]
+        return getattr(_engine(connection), question)(connection)
 
     def abort(self) -> None:
         """Roll back every participant; what cannot be reached is left to recovery."""
@@ -247,6 +272,17 @@ class Protocol:
         """Commit every participant, in two phases when more than one wrote."""
         self._stop_tracking()
         default = fleet_settings().default_database
+        try:
+            # The statements' first keywords said these only read, but a function
+            # may have written: PostgreSQL knows; for MariaDB, any statement counts.
+            for alias in self.aliases:
+                if alias not in self.written:
+                    wrote = self._ask(alias, "wrote")
+                    if wrote or (wrote is None and alias in self.executed):
+                        self.written.add(alias)
+        except BaseException:
+            self.abort()
+            raise
         writers = [alias for alias in self.aliases if alias in self.written]
         readers = [alias for alias in self.aliases if alias not in self.written]
         if len(writers) > 1:
@@ -297,9 +333,12 @@ class Protocol:
             _step("commit", xid, alias)
             try:
                 self._do(alias, "finish_prepared", True)
-            except DatabaseError:
-                logger.warning("COMMIT PREPARED %s failed on %r.", xid, alias, exc_info=True)
-                pending.append(alias)
+            except DatabaseError as error:
+                # Gone means committed: with the decision recorded, `fleet recover`
+                # may have committed it meanwhile, and nothing rolls it back.
+                if not gone(error):
+                    logger.warning("COMMIT PREPARED %s failed on %r.", xid, alias, exc_info=True)
+                    pending.append(alias)
             self.state[alias] = "done"
         if pending:
             committed = [alias for alias in writers if alias not in pending]
@@ -314,35 +353,57 @@ class Protocol:
     def _decide(self, coordinator: str | None) -> None:
         xid = self.transaction_id
         record = _decision_insert()
-        if coordinator is not None:
-            connection = connections[coordinator]
-            try:
-                _execute(connection, record, (xid, True, _now_ms()))
-                self._do(coordinator, "commit_one_phase")
-            except BaseException as error:
-                if _usable(coordinator):
-                    self.abort()
-                    raise
-                self.state[coordinator] = "done"
-                raise InDoubtError(
-                    xid,
-                    f"the connection to {coordinator!r} broke while it committed, with the "
-                    "decision in the same transaction, so the outcome is unknown here.",
-                ) from error
-            self.state[coordinator] = "done"
-            return
         try:
-            with decision_connection() as connection:
-                _execute(connection, record, (xid, True, _now_ms()))
-        except IntegrityError:
+            if coordinator is None:
+                with decision_connection() as connection:
+                    _execute(connection, record, (xid, True, _now_ms()))
+            else:
+                _execute(connections[coordinator], record, (xid, True, _now_ms()))
+        except IntegrityError as error:
             self.abort()
-            raise
-        except DatabaseError as error:
+            raise CommitError(
+                f"Two-phase transaction {xid} was rolled back everywhere: `fleet recover` had "
+                "already decided to roll it back, as it stayed prepared longer than the grace "
+                'period (DBFLEET["RECOVERY_GRACE"]). Run it again.'
+            ) from error
+        except BaseException as error:
+            if coordinator is not None and _usable(coordinator):
+                self.abort()  # Its transaction, the decision in it, did not commit.
+                raise
+            if coordinator is not None:
+                self.state[coordinator] = "done"
+            if not isinstance(error, DatabaseError):
+                raise
             raise InDoubtError(
                 xid,
-                "recording the decision on the decision log failed, so the outcome is unknown "
-                "here; the prepared transactions stay until recovery.",
+                "recording the decision failed with the connection, so whether it was recorded "
+                "is unknown here; the prepared transactions stay until recovery.",
             ) from error
+        if coordinator is None:
+            return
+        try:
+            self._do(coordinator, "commit_one_phase")
+        except BaseException as error:
+            # Whether that commit happened is what the decision record says.
+            recorded = _recorded(xid)
+            if recorded is False:
+                self.abort()
+                raise
+            self.state[coordinator] = "done"
+            if recorded is None and isinstance(error, DatabaseError):
+                raise InDoubtError(
+                    xid,
+                    f"the commit on {coordinator!r}, which carries the decision, failed and the "
+                    "decision log cannot be read, so the outcome is unknown here.",
+                ) from error
+            if recorded and isinstance(error, Exception):
+                raise InDoubtError(
+                    xid,
+                    f"the decision to commit is recorded and {coordinator!r} committed, but the "
+                    "other databases still hold it prepared.",
+                ) from error
+            raise  # KeyboardInterrupt, SystemExit: recovery finishes the job.
+        self.state[coordinator] = "done"
 
     def _forget(self, coordinator: str | None) -> None:
         """Delete the decision once nobody needs it; recovery purges it if this is lost.
@@ -380,6 +441,20 @@ def _usable(alias: str) -> bool:
     return connection.connection is not None and connection.is_usable()
 
 
+def _recorded(transaction_id: str) -> bool | None:
+    """Whether a decision to commit is recorded, read on a new connection; None if unknown."""
+    own = connections.create_connection(fleet_settings().default_database)
+    try:
+        rows = _execute(
+            own, f"SELECT committed FROM {TABLE} WHERE transaction_id = %s", (transaction_id,)
+        )
+    except DatabaseError:
+        return None
+    finally:
+        own.close()
+    return bool(rows and rows[0][0])
+
+
 def _decision_insert() -> str:
     return f"INSERT INTO {TABLE} (transaction_id, committed, created_ms) VALUES (%s, %s, %s)"
 
@@ -411,10 +486,9 @@ def decision_connection() -> Iterator[BaseDatabaseWrapper]:
 class Prepared:
     """A prepared transaction found on a database."""
 
-    alias: str  # the database it belongs to
+    alias: str
     transaction_id: str
     name: str  # the engine's own name for it: a PostgreSQL gid, an XA xid's data
-    via: str  # the database it was found (and is settled) through
 
     @property
     def age(self) -> float:
@@ -441,22 +515,19 @@ def in_doubt(alias: str) -> list[Prepared]:
             "WHERE database = current_database() AND gid LIKE %s ORDER BY prepared",
             (PREFIX + "%",),
         )
-        return [Prepared(alias, gid.rsplit(":", 1)[0], gid, alias) for (gid,) in rows]
+        return [Prepared(alias, gid.rsplit(":", 1)[0], gid) for (gid,) in rows]
     found = []
     for format_id, gtrid_length, _, data in _execute(connection, "XA RECOVER"):
         data = data.decode() if isinstance(data, bytes) else data
-        gtrid, owner = data[:gtrid_length], data[gtrid_length:]
-        if format_id == XA_FORMAT and gtrid.startswith(PREFIX):
-            # The server lists every database's XA transactions; the branch
-            # qualifier names the one that prepared it.
-            owner = owner if owner in connections.settings else alias
-            found.append(Prepared(owner, gtrid, data, alias))
+        gtrid, branch = data[:gtrid_length], data[gtrid_length:]
+        if format_id == XA_FORMAT and gtrid.startswith(PREFIX) and branch == _xa_branch(connection):
+            found.append(Prepared(alias, gtrid, data))
     return found
 
 
 def settle(prepared: Prepared, commit: bool) -> None:
     """Commit or roll back one prepared transaction."""
-    connection = connections[prepared.via]
+    connection = connections[prepared.alias]
     if connection.vendor == "postgresql":
         _pg_finish(connection, prepared.name, commit)
     else:
@@ -465,11 +536,38 @@ def settle(prepared: Prepared, commit: bool) -> None:
         _execute(connection, f"XA {'COMMIT' if commit else 'ROLLBACK'} %s, %s, %s", xid)
 
 
-def vanished(error: DatabaseError) -> bool:
-    """Whether ``error`` says the prepared transaction no longer exists."""
+def settle_one(prepared: Prepared, commit: bool, detail: str = "") -> Outcome:
+    """Settle ``prepared`` as decided, and say how that went."""
+    try:
+        settle(prepared, commit)
+    except DatabaseError as error:
+        try:
+            still = any(found.name == prepared.name for found in in_doubt(prepared.alias))
+        except DatabaseError:
+            still = True
+        if not still:
+            # Settled since it was listed: by its coordinator, finishing, or
+            # another recovery; either way as the decision says.
+            return Outcome(prepared, "already settled", detail)
+        if busy(error):
+            return Outcome(
+                prepared, "busy", "a live session holds it (its coordinator, finishing?); run again"
+            )
+        return Outcome(prepared, "failed", str(error).strip())
+    return Outcome(prepared, "committed" if commit else "rolled back", detail)
+
+
+def gone(error: DatabaseError) -> bool:
+    """Whether ``error`` says that PostgreSQL has no such prepared transaction (any more)."""
+    return getattr(error.__cause__, "sqlstate", None) == "42704"
+
+
+def busy(error: DatabaseError) -> bool:
+    """Whether ``error`` says another session holds the prepared transaction."""
     cause = error.__cause__
-    # PostgreSQL: undefined_object; MariaDB/MySQL: XAER_NOTA (unknown XID).
-    return getattr(cause, "sqlstate", None) == "42704" or error.args[:1] == (1397,)
+    # PostgreSQL: object_in_use. MariaDB: XAER_NOTA, which is also its answer
+    # while the session that prepared the branch is still connected.
+    return getattr(cause, "sqlstate", None) == "55006" or error.args[:1] == (1397,)
 
 
 @dataclass
@@ -477,7 +575,9 @@ class Outcome:
     """What recovery did with one prepared transaction."""
 
     prepared: Prepared
-    action: str  # "committed", "rolled back", "waiting" (younger than the grace period)
+    # "committed", "rolled back", "already settled", "waiting" (younger than the grace
+    # period), "busy" (held by a live session), "failed", or "would ..." in a dry run.
+    action: str
     detail: str = ""
 
 
@@ -502,13 +602,11 @@ def decisions(transaction_ids: Sequence[str]) -> dict[str, bool]:
     return {transaction_id: bool(committed) for transaction_id, committed in rows}
 
 
-def _decide_rollback(transaction_id: str) -> bool:
+def decide_rollback(transaction_id: str) -> bool:
     """Record "roll back" unless a decision exists; return the decision that stands."""
     with decision_connection() as connection:
         try:
-            _execute(
-                connection, _decision_insert(), (transaction_id, False, started_ms(transaction_id))
-            )
+            _execute(connection, _decision_insert(), (transaction_id, False, _now_ms()))
         except IntegrityError:
             return decisions([transaction_id])[transaction_id]
     return False
@@ -522,8 +620,8 @@ def find_in_doubt(aliases: Sequence[str] | None = None) -> tuple[list[Prepared],
     for alias in participants() if aliases is None else aliases:
         try:
             for prepared in in_doubt(alias):
-                # A MariaDB server lists its XA transactions on every connection.
-                if prepared.name not in seen or connections[alias].vendor == "postgresql":
+                # Two aliases may name one database: settle its transactions once.
+                if prepared.name not in seen:
                     seen.add(prepared.name)
                     found.append(prepared)
         except DatabaseError as error:
@@ -549,27 +647,17 @@ def recover(grace: float | None = None, dry_run: bool = False) -> Recovery:
             if dry_run:
                 outcomes.append(Outcome(prepared, "would roll back", "no decision recorded"))
                 continue
-            decision = known[prepared.transaction_id] = _decide_rollback(prepared.transaction_id)
+            decision = known[prepared.transaction_id] = decide_rollback(prepared.transaction_id)
         detail = "decision: commit" if decision else "no decision recorded"
         if dry_run:
             outcomes.append(
                 Outcome(prepared, f"would {'commit' if decision else 'roll back'}", detail)
             )
             continue
-        try:
-            settle(prepared, decision)
-        except DatabaseError as error:
-            if vanished(error):
-                # Settled since it was listed: by its own coordinator, finishing,
-                # or another recovery; either way as the decision says.
-                outcomes.append(Outcome(prepared, "already settled", detail))
-            else:
-                outcomes.append(Outcome(prepared, "failed", str(error).strip()))
-            continue
-        outcomes.append(Outcome(prepared, "committed" if decision else "rolled back", detail))
+        outcomes.append(settle_one(prepared, decision, detail))
     recovery = Recovery(outcomes, unreachable)
     if not dry_run and not unreachable and all(o.action != "failed" for o in outcomes):
-        keep = {o.prepared.transaction_id for o in outcomes if o.action == "waiting"}
+        keep = {o.prepared.transaction_id for o in outcomes if o.action in ("waiting", "busy")}
         recovery.purged = _purge(started - int(grace * 1000), keep)
     return recovery
 
