@@ -96,8 +96,9 @@ def roll_back_leftovers() -> None:
         cursor.execute("XA RECOVER")
         for format_id, gtrid_length, _, data in cursor.fetchall():
             data = data.decode() if isinstance(data, bytes) else data
-            if data[gtrid_length:] == "maria":
-                cursor.execute("XA ROLLBACK %s, %s, %s", [data[:gtrid_length], "maria", format_id])
+            gtrid, branch = data[:gtrid_length], data[gtrid_length:]
+            if branch == f"{PREFIX}_maria":
+                cursor.execute("XA ROLLBACK %s, %s, %s", [gtrid, branch, format_id])
 
 
 @pytest.fixture(scope="module")
