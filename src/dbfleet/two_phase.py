@@ -86,7 +86,7 @@ def started_ms(transaction_id: str) -> int:
     return int(transaction_id.split(":")[1])
 
 
-def _execute(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] = ()) -> Any:
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] | None = None) -> Any:
     with unguarded(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if cursor.description else None
