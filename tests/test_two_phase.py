@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
@@ -505,4 +505,44 @@ def test_the_decision_never_rides_in_a_transaction_open_on_the_default_database(
         raise Boom
     assert (Vault.objects.count(), Member.objects.count(), Account.objects.count()) == (1, 1, 0)
     assert ("done", None) in steps
+    assert Decision.objects.count() == 0
+
+
+@needs["default"]
+@needs["books"]
+def test_a_database_marked_for_rollback_rolls_back_the_two_phase_group(
+    money: None, steps: list[tuple[str, str | None]]
+) -> None:
+    with dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=0)
+        Vault.objects.update(balance=0)
+        transaction.set_rollback(True, using="books")
+    assert balances() == (100, 100)
+    assert steps == []
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_savepoint_that_cannot_be_released_rolls_back_everything(money: None) -> None:
+    with pytest.raises(DatabaseError), dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=1)
+        with dbfleet.atomic(Account, Vault, two_phase=True):
+            Account.objects.update(balance=2)
+            Vault.objects.update(balance=2)
+            kill_session("books")  # Releasing its savepoint fails.
+    connections["books"].close()
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_a_connection_lost_after_the_second_phase_is_no_error(money: None, on_step: Any) -> None:
+    """Everything is committed; only the decision's deletion is lost, and recovery purges it."""
+    on_step("commit", lambda alias: kill_session("default"))
+    transfer(3)
+    assert balances() == (97, 103)
+    assert Decision.objects.count() == 1
+    assert recover(grace=0).purged == 1
     assert Decision.objects.count() == 0

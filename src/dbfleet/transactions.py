@@ -297,10 +297,6 @@ def _commit(frame: _Frame) -> None:
         except BaseException as error:
             _exit_blocks(outermost, error)
             raise
-        for alias in frame.outermost:
-            # Committed already; a connection that broke since must not fail the exit.
-            if not connections[alias].is_usable():
-                connections[alias].close()
     elif len(outermost) > 1:
         _commit_one_by_one(frame.outermost, outermost)
         return

@@ -411,17 +411,32 @@ class Protocol:
         So the deletion need not be durable at once: on PostgreSQL its commit
         does not wait for the disk, which saves a flush per transaction.
         """
-        try:
-            if coordinator is not None:
-                # Rides in the block's final, otherwise empty, commit.
-                _execute(connections[coordinator], _forget_sql(connections[coordinator], self))
-            else:
+        if coordinator is None:
+            try:
                 with decision_connection() as connection:
                     sql = _forget_sql(connection, self)
                     autocommit = connection.vendor == "postgresql" and connection.get_autocommit()
                     _execute(connection, f"BEGIN; {sql}; COMMIT" if autocommit else sql)
+            except DatabaseError:
+                logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
+            return
+        connection = connections[coordinator]
+        try:
+            # Committed here, so that the block's own commit has nothing left to do.
+            _execute(connection, _forget_sql(connection, self))
+            with connection.wrap_database_errors:
+                connection.connection.commit()
         except DatabaseError:
-            logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
+            # The transaction is committed everywhere; only this connection broke.
+            # Closing it lets the block end without an error, but Django then
+            # drops the on_commit callbacks it held for this database.
+            logger.warning(
+                "Could not delete decision %s; closing %r, its on_commit callbacks are dropped.",
+                self.transaction_id,
+                coordinator,
+                exc_info=True,
+            )
+            connection.close()
 
 
 def _forget_sql(connection: BaseDatabaseWrapper, protocol: Protocol) -> str:
