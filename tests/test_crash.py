@@ -75,7 +75,7 @@ def prepared_left() -> list[str]:
         cursor.execute("XA RECOVER")
         for _, gtrid_length, _, data in cursor.fetchall():
             data = data.decode() if isinstance(data, bytes) else data
-            if data[gtrid_length:] == f"{PREFIX}_maria":
+            if data[gtrid_length:].startswith(f"{PREFIX}_maria@"):
                 found.append(data)
     return found
 
@@ -97,7 +97,7 @@ def roll_back_leftovers() -> None:
         for format_id, gtrid_length, _, data in cursor.fetchall():
             data = data.decode() if isinstance(data, bytes) else data
             gtrid, branch = data[:gtrid_length], data[gtrid_length:]
-            if branch == f"{PREFIX}_maria":
+            if branch.startswith(f"{PREFIX}_maria@"):
                 cursor.execute("XA ROLLBACK %s, %s, %s", [gtrid, branch, format_id])
 
 

@@ -200,9 +200,7 @@ class Atomic(ContextDecorator):
         frame = _FRAMES.get()[-1]
         _FRAMES.reset(frame.token)
         if exc_value is not None:
-            if frame.protocol is not None:
-                frame.protocol.abort()
-            _exit_blocks(frame.blocks, exc_value)
+            _abandon(frame, frame.blocks, exc_value)
             return
         due: list[tuple[Callable[[], Any], bool]] = []
         due_token = _DUE.set(due) if _DUE.get() is None else None
@@ -246,8 +244,10 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
 def _exit_blocks(blocks: Sequence[transaction.Atomic], error: BaseException | None = None) -> None:
     """Leave Django's blocks, last entered first, rolling each back if ``error`` is given.
 
-    Every block is left even when one raises (an on_commit callback may); the
-    first exception is raised once all are.
+    Every block is left even when one raises (an on_commit callback may). When
+    rolling back for ``error``, a failure to clean up is logged: the caller
+    raises ``error``. Otherwise the first exception is raised once all blocks
+    are left, an interruption (KeyboardInterrupt, SystemExit) before any other.
     """
     first: BaseException | None = None
     for block in reversed(blocks):
@@ -257,9 +257,23 @@ def _exit_blocks(blocks: Sequence[transaction.Atomic], error: BaseException | No
             else:
                 block.__exit__(type(error), error, error.__traceback__)
         except BaseException as raised:
-            first = first or raised
+            if error is not None and isinstance(raised, Exception):
+                logger.warning("Rolling back after %r failed too.", error, exc_info=raised)
+            elif first is None or (
+                isinstance(first, Exception) and not isinstance(raised, Exception)
+            ):
+                first = raised
     if first is not None:
         raise first
+
+
+def _abandon(frame: _Frame, blocks: Sequence[transaction.Atomic], error: BaseException) -> None:
+    """Roll back the frame's protocol, if any, and its ``blocks``, whatever happens."""
+    try:
+        if frame.protocol is not None:
+            frame.protocol.abort()
+    finally:
+        _exit_blocks(blocks, error)
 
 
 def _commit(frame: _Frame) -> None:
@@ -269,9 +283,7 @@ def _commit(frame: _Frame) -> None:
         for alias in frame.aliases
     ):
         # Django rolls such a block back without an error; the group follows it.
-        if frame.protocol is not None:
-            frame.protocol.abort()
-        _exit_blocks(frame.blocks, _GroupRollback())
+        _abandon(frame, frame.blocks, _GroupRollback())
         return
     pairs = list(zip(frame.aliases, frame.blocks, strict=True))
     outermost = [block for alias, block in pairs if alias in frame.outermost]
@@ -286,9 +298,7 @@ def _commit(frame: _Frame) -> None:
             # those must now roll back as a whole, as this one does.
             for done in released:
                 connections[done].needs_rollback = True
-            if frame.protocol is not None:
-                frame.protocol.abort()
-            _exit_blocks(outermost + [block for _, block in nested], error)
+            _abandon(frame, outermost + [block for _, block in nested], error)
             raise
         released.append(alias)
     if frame.protocol is not None:

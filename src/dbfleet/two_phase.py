@@ -92,6 +92,21 @@ def _execute(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] | 
         return cursor.fetchall() if cursor.description else None
 
 
+def _raw(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] | None = None) -> str:
+    """Run a protocol statement on the DB-API connection; return the server's status message.
+
+    Not through Django's cursor: that refuses to run anything in a transaction
+    it has marked for rollback, and these statements are how it gets rolled back.
+    """
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return str(getattr(cursor, "statusmessage", "") or "")
+        finally:
+            cursor.close()
+
+
 def _literal(value: str) -> str:
     # PREPARE TRANSACTION and COMMIT PREPARED take no bound parameters.
     return "'" + value.replace("'", "''") + "'"
@@ -106,7 +121,15 @@ class _Postgres:
 
     @staticmethod
     def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
-        _execute(connection, f"PREPARE TRANSACTION {_literal(_pg_gid(xid, connection))}")
+        status = _raw(connection, f"PREPARE TRANSACTION {_literal(_pg_gid(xid, connection))}")
+        if status != "PREPARE TRANSACTION":
+            # An error earlier in the block, caught without a savepoint, aborted
+            # the transaction: PostgreSQL then rolls back instead of preparing.
+            raise TransactionManagementError(
+                f"The transaction on {connection.alias!r} was aborted by an earlier error "
+                f"(PREPARE TRANSACTION answered {status!r}); nothing is committed. Catch "
+                "database errors inside a nested atomic block, which rolls back to a savepoint."
+            )
 
     @staticmethod
     def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
@@ -155,8 +178,9 @@ class _MySQL:
     @staticmethod
     def _xid(connection: BaseDatabaseWrapper, xid: str) -> tuple[str, str, int]:
         # The server lists every XA transaction on it, whatever the database:
-        # the database's name in the branch qualifier tells this one's apart.
-        return (xid, _xa_branch(connection), XA_FORMAT)
+        # the database's name in the branch qualifier tells this one's apart,
+        # and the alias two aliases of one database.
+        return (xid, f"{_xa_branch(connection)}@{connection.alias}"[:64], XA_FORMAT)
 
     @staticmethod
     def wrote(connection: BaseDatabaseWrapper) -> bool | None:
@@ -166,28 +190,28 @@ class _MySQL:
 
     @staticmethod
     def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
-        _execute(connection, "XA START %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, "XA START %s, %s, %s", _MySQL._xid(connection, xid))
 
     @staticmethod
     def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
-        _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
-        _execute(connection, "XA PREPARE %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, "XA PREPARE %s, %s, %s", _MySQL._xid(connection, xid))
 
     @staticmethod
     def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
-        _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
-        _execute(connection, "XA COMMIT %s, %s, %s ONE PHASE", _MySQL._xid(connection, xid))
+        _raw(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, "XA COMMIT %s, %s, %s ONE PHASE", _MySQL._xid(connection, xid))
 
     @staticmethod
     def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
         with contextlib.suppress(DatabaseError):  # already ended after a failed XA END
-            _execute(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
-        _execute(connection, "XA ROLLBACK %s, %s, %s", _MySQL._xid(connection, xid))
+            _raw(connection, "XA END %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, "XA ROLLBACK %s, %s, %s", _MySQL._xid(connection, xid))
 
     @staticmethod
     def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
         verb = "COMMIT" if commit else "ROLLBACK"
-        _execute(connection, f"XA {verb} %s, %s, %s", _MySQL._xid(connection, xid))
+        _raw(connection, f"XA {verb} %s, %s, %s", _MySQL._xid(connection, xid))
 
 
 def _xa_branch(connection: BaseDatabaseWrapper) -> str:
@@ -351,59 +375,67 @@ class Protocol:
         _step("done", xid)
 
     def _decide(self, coordinator: str | None) -> None:
+        """Record the decision to commit; on return it is recorded, else this raised."""
         xid = self.transaction_id
         record = _decision_insert()
-        try:
-            if coordinator is None:
+        if coordinator is not None and connections[coordinator].closed_in_transaction:
+            coordinator = None  # Closed after an error while deciding.
+        if coordinator is None:
+            try:
                 with decision_connection() as connection:
                     _execute(connection, record, (xid, True, _now_ms()))
-            else:
-                _execute(connections[coordinator], record, (xid, True, _now_ms()))
+            except BaseException as error:
+                self._settle_unknown_decision(error, collided=isinstance(error, IntegrityError))
+            return
+        connection = connections[coordinator]
+        try:
+            _execute(connection, record, (xid, True, _now_ms()))
         except IntegrityError as error:
             self.abort()
-            raise CommitError(
-                f"Two-phase transaction {xid} was rolled back everywhere: `fleet recover` had "
-                "already decided to roll it back, as it stayed prepared longer than the grace "
-                'period (DBFLEET["RECOVERY_GRACE"]). Run it again.'
-            ) from error
-        except BaseException as error:
-            if coordinator is not None and _usable(coordinator):
-                self.abort()  # Its transaction, the decision in it, did not commit.
-                raise
-            if coordinator is not None:
-                self.state[coordinator] = "done"
-            if not isinstance(error, DatabaseError):
-                raise
-            raise InDoubtError(
-                xid,
-                "recording the decision failed with the connection, so whether it was recorded "
-                "is unknown here; the prepared transactions stay until recovery.",
-            ) from error
-        if coordinator is None:
-            return
+            raise _overtaken(xid) from error
+        except BaseException:
+            self.abort()  # COMMIT was never sent: nothing is decided.
+            raise
         try:
             self._do(coordinator, "commit_one_phase")
         except BaseException as error:
-            # Whether that commit happened is what the decision record says.
-            recorded = _recorded(xid)
-            if recorded is False:
-                self.abort()
-                raise
+            # Whether that commit happened is unknown. Free the key its insert
+            # holds (a rollback, or closing the session), then settle the question.
+            with contextlib.suppress(DatabaseError):
+                self._do(coordinator, "rollback_active")
+            connection.close()
             self.state[coordinator] = "done"
-            if recorded is None and isinstance(error, DatabaseError):
-                raise InDoubtError(
-                    xid,
-                    f"the commit on {coordinator!r}, which carries the decision, failed and the "
-                    "decision log cannot be read, so the outcome is unknown here.",
-                ) from error
-            if recorded and isinstance(error, Exception):
-                raise InDoubtError(
-                    xid,
-                    f"the decision to commit is recorded and {coordinator!r} committed, but the "
-                    "other databases still hold it prepared.",
-                ) from error
-            raise  # KeyboardInterrupt, SystemExit: recovery finishes the job.
+            self._settle_unknown_decision(error, collided=False)
         self.state[coordinator] = "done"
+
+    def _settle_unknown_decision(self, error: BaseException, collided: bool) -> None:
+        """After ``error`` while recording the decision: find out what was decided.
+
+        Recording "roll back" waits for an insert of "commit" that is still in
+        flight, and collides with one that committed: either way the decision
+        is then known for good. Returns if it is "commit", else raises.
+        """
+        xid = self.transaction_id
+        try:
+            committed = decide_rollback(xid)
+        except DatabaseError:
+            committed = None
+        if committed is False:
+            self.abort()
+            if collided:  # With the record of a recovery that decided first.
+                raise _overtaken(xid) from error
+            raise error
+        if committed is None:
+            if not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt, SystemExit: recovery finishes the job.
+            raise InDoubtError(
+                xid,
+                "recording the decision failed, and the decision log cannot be read to tell "
+                "whether it was recorded; the prepared transactions stay until recovery.",
+            ) from error
+        if not isinstance(error, Exception):
+            raise error
+        logger.warning("Recording decision %s raised, but it was recorded.", xid, exc_info=error)
 
     def _forget(self, coordinator: str | None) -> None:
         """Delete the decision once nobody needs it; recovery purges it if this is lost.
@@ -411,6 +443,8 @@ class Protocol:
         So the deletion need not be durable at once: on PostgreSQL its commit
         does not wait for the disk, which saves a flush per transaction.
         """
+        if coordinator is not None and connections[coordinator].closed_in_transaction:
+            coordinator = None  # Closed after an error while deciding.
         if coordinator is None:
             try:
                 with decision_connection() as connection:
@@ -427,16 +461,16 @@ class Protocol:
             with connection.wrap_database_errors:
                 connection.connection.commit()
         except DatabaseError:
-            # The transaction is committed everywhere; only this connection broke.
-            # Closing it lets the block end without an error, but Django then
-            # drops the on_commit callbacks it held for this database.
-            logger.warning(
-                "Could not delete decision %s; closing %r, its on_commit callbacks are dropped.",
-                self.transaction_id,
-                coordinator,
-                exc_info=True,
-            )
-            connection.close()
+            logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
+            try:
+                with connection.wrap_database_errors:
+                    connection.connection.rollback()
+            except DatabaseError:
+                # The transaction is committed everywhere; only this connection
+                # broke. Closing it lets the block end without an error, but
+                # Django then drops the on_commit callbacks it held for it.
+                logger.warning("Closing %r: its on_commit callbacks are dropped.", coordinator)
+                connection.close()
 
 
 def _forget_sql(connection: BaseDatabaseWrapper, protocol: Protocol) -> str:
@@ -447,27 +481,16 @@ def _forget_sql(connection: BaseDatabaseWrapper, protocol: Protocol) -> str:
     return delete
 
 
+def _overtaken(transaction_id: str) -> CommitError:
+    return CommitError(
+        f"Two-phase transaction {transaction_id} was rolled back everywhere: `fleet recover` had "
+        "already decided to roll it back, as it stayed prepared longer than the grace period "
+        '(DBFLEET["RECOVERY_GRACE"]). Run it again.'
+    )
+
+
 def _names(aliases: Sequence[str]) -> str:
     return ", ".join(repr(alias) for alias in aliases) or "no database"
-
-
-def _usable(alias: str) -> bool:
-    connection = connections[alias]
-    return connection.connection is not None and connection.is_usable()
-
-
-def _recorded(transaction_id: str) -> bool | None:
-    """Whether a decision to commit is recorded, read on a new connection; None if unknown."""
-    own = connections.create_connection(fleet_settings().default_database)
-    try:
-        rows = _execute(
-            own, f"SELECT committed FROM {TABLE} WHERE transaction_id = %s", (transaction_id,)
-        )
-    except DatabaseError:
-        return None
-    finally:
-        own.close()
-    return bool(rows and rows[0][0])
 
 
 def _decision_insert() -> str:
@@ -535,7 +558,8 @@ def in_doubt(alias: str) -> list[Prepared]:
     for format_id, gtrid_length, _, data in _execute(connection, "XA RECOVER"):
         data = data.decode() if isinstance(data, bytes) else data
         gtrid, branch = data[:gtrid_length], data[gtrid_length:]
-        if format_id == XA_FORMAT and gtrid.startswith(PREFIX) and branch == _xa_branch(connection):
+        mine = branch.startswith(f"{_xa_branch(connection)}@")
+        if format_id == XA_FORMAT and gtrid.startswith(PREFIX) and mine:
             found.append(Prepared(alias, gtrid, data))
     return found
 
