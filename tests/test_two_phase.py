@@ -545,3 +545,24 @@ def test_a_connection_lost_after_the_second_phase_is_no_error(money: None, on_st
     assert Decision.objects.count() == 1
     assert recover(grace=0).purged == 1
     assert Decision.objects.count() == 0
+
+
+@needs["default"]
+@needs["books"]
+def test_an_aborted_postgresql_transaction_is_not_prepared_as_if_nothing_happened(
+    money: None,
+) -> None:
+    """An error caught without a savepoint makes PostgreSQL answer PREPARE with ROLLBACK."""
+    if connections["books"].vendor != "postgresql":
+        pytest.skip("MariaDB rolls back only the failed statement; the transaction goes on")
+    aborted = pytest.raises(TransactionManagementError, match="aborted by an earlier error")
+    with aborted, dbfleet.atomic(Account, Vault, two_phase=True):
+        Account.objects.update(balance=0)
+        Vault.objects.update(balance=0)
+        try:  # Raw SQL: Django does not mark the block for rollback.
+            with connections["books"].cursor() as cursor:
+                cursor.execute("INSERT INTO bank_vault (name, balance) VALUES ('vault', 1)")
+        except IntegrityError:  # The name is taken; PostgreSQL aborts the transaction.
+            pass
+    assert balances() == (100, 100)
+    assert nothing_in_doubt()
