@@ -596,17 +596,23 @@ def settle_one(prepared: Prepared, commit: bool, detail: str = "") -> Outcome:
     return Outcome(prepared, "committed" if commit else "rolled back", detail)
 
 
+def _sqlstate(error: DatabaseError) -> str | None:
+    """PostgreSQL's error code: ``sqlstate`` in psycopg 3, ``pgcode`` in psycopg2."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return str(code) if code else None
+
+
 def gone(error: DatabaseError) -> bool:
     """Whether ``error`` says that PostgreSQL has no such prepared transaction (any more)."""
-    return getattr(error.__cause__, "sqlstate", None) == "42704"
+    return _sqlstate(error) == "42704"
 
 
 def busy(error: DatabaseError) -> bool:
     """Whether ``error`` says another session holds the prepared transaction."""
-    cause = error.__cause__
     # PostgreSQL: object_in_use. MariaDB: XAER_NOTA, which is also its answer
     # while the session that prepared the branch is still connected.
-    return getattr(cause, "sqlstate", None) == "55006" or error.args[:1] == (1397,)
+    return _sqlstate(error) == "55006" or error.args[:1] == (1397,)
 
 
 @dataclass
