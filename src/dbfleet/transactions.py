@@ -318,7 +318,7 @@ def _commit(frame: _Frame) -> None:
 def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atomic]) -> None:
     for index, alias in enumerate(aliases):
         try:
-            _raw_commit(connections[alias])
+            raw_commit(connections[alias])
         except BaseException as error:
             _exit_blocks(blocks[index:], error)
             if index == 0:
@@ -333,7 +333,7 @@ def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atom
     _exit_blocks(blocks)
 
 
-def _raw_commit(connection: BaseDatabaseWrapper) -> None:
+def raw_commit(connection: BaseDatabaseWrapper) -> None:
     """Commit on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
     with connection.wrap_database_errors:
         connection.connection.commit()

@@ -34,7 +34,7 @@ from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
 
 from dbfleet.conf import fleet_settings, get_topology
-from dbfleet.transactions import CommitError, is_write, unguarded
+from dbfleet.transactions import CommitError, is_write, raw_commit, unguarded
 
 logger = logging.getLogger("dbfleet.two_phase")
 
@@ -133,8 +133,7 @@ class _Postgres:
 
     @staticmethod
     def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
-        with connection.wrap_database_errors:
-            connection.connection.commit()
+        raw_commit(connection)
 
     @staticmethod
     def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
@@ -458,8 +457,7 @@ class Protocol:
         try:
             # Committed here, so that the block's own commit has nothing left to do.
             _execute(connection, _forget_sql(connection, self))
-            with connection.wrap_database_errors:
-                connection.connection.commit()
+            raw_commit(connection)
         except DatabaseError:
             logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
             try:
