@@ -228,6 +228,10 @@ def test_server_down_fails_alone_and_a_rerun_completes(project: Project) -> None
         result = project.fleet(subcommand, down=down)
         assert result.returncode == 0, result.stderr
         assert f"{down}" in result.stdout and "unreachable: OperationalError" in result.stdout
+    result = project.fleet("recover", down=down)
+    assert result.returncode == 1
+    assert f"{down}: unreachable:" in result.stdout
+    assert "could not be settled" in result.stderr and "run `fleet recover` again" in result.stderr
 
     result = project.fleet("migrate")
     assert result.returncode == 0, result.stdout + result.stderr

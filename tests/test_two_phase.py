@@ -566,3 +566,17 @@ def test_an_aborted_postgresql_transaction_is_not_prepared_as_if_nothing_happene
             pass
     assert balances() == (100, 100)
     assert nothing_in_doubt()
+
+
+@needs["default"]
+@needs["books"]
+def test_recover_dry_run_says_what_it_would_do_and_does_nothing(money: None, on_step: Any) -> None:
+    on_step("commit", lambda alias: kill_session(alias))
+    with pytest.raises(InDoubtError):
+        transfer(2)
+    connections["books"].close()
+    out = StringIO()
+    call_command("fleet", "recover", "--dry-run", stdout=out)
+    assert "would commit" in out.getvalue() and "decision: commit" in out.getvalue()
+    assert len(find_in_doubt()[0]) == 1
+    assert balances() == (98, 100)
