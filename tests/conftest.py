@@ -83,3 +83,12 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     yield
     with django_db_blocker.unblock():
         connections.close_all()
+
+
+@pytest.fixture
+def money() -> None:
+    """An account (in 'default') and a vault (in 'books') holding 100 each."""
+    from tests.bank.models import Account, Vault
+
+    Account.objects.create(name="alice", balance=100)
+    Vault.objects.create(name="vault", balance=100)

@@ -64,41 +64,41 @@ def keys(alias: str) -> set[int]:
         return {int(key) for (key,) in cursor.fetchall()}
 
 
-def prepared_left() -> list[str]:
-    """Every prepared transaction on the crash databases."""
-    with closing(server_connection(SERVER_URLS["postgres"])) as connection:
-        cursor = connection.cursor()
-        cursor.execute("SELECT gid FROM pg_prepared_xacts WHERE database LIKE %s", [f"{PREFIX}_%"])
-        found = [gid for (gid,) in cursor.fetchall()]
-    with closing(connect("maria")) as connection:
-        cursor = connection.cursor()
-        cursor.execute("XA RECOVER")
-        for _, gtrid_length, _, data in cursor.fetchall():
-            data = data.decode() if isinstance(data, bytes) else data
-            if data[gtrid_length:].startswith(f"{PREFIX}_maria@"):
-                found.append(data)
-    return found
-
-
-def roll_back_leftovers() -> None:
-    """Undo what an interrupted earlier run left prepared (it would block DROP DATABASE)."""
+def leftovers() -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
+    """Prepared transactions on the crash databases: PostgreSQL (gid, database), MariaDB xids."""
     with closing(server_connection(SERVER_URLS["postgres"])) as connection:
         cursor = connection.cursor()
         cursor.execute(
-            "SELECT gid, database FROM pg_prepared_xacts WHERE database LIKE %s",
-            [f"{PREFIX}_%"],
+            "SELECT gid, database FROM pg_prepared_xacts WHERE database LIKE %s", [f"{PREFIX}_%"]
         )
-        for gid, database in cursor.fetchall():
-            with closing(server_connection(SERVER_URLS["postgres"], database)) as owner:
-                owner.cursor().execute(f"ROLLBACK PREPARED '{gid}'")
+        postgres = list(cursor.fetchall())
     with closing(server_connection(SERVER_URLS["mysql"])) as connection:
         cursor = connection.cursor()
         cursor.execute("XA RECOVER")
+        mariadb = []
         for format_id, gtrid_length, _, data in cursor.fetchall():
             data = data.decode() if isinstance(data, bytes) else data
             gtrid, branch = data[:gtrid_length], data[gtrid_length:]
             if branch.startswith(f"{PREFIX}_maria@"):
-                cursor.execute("XA ROLLBACK %s, %s, %s", [gtrid, branch, format_id])
+                mariadb.append((gtrid, branch, format_id))
+    return postgres, mariadb
+
+
+def prepared_left() -> list[str]:
+    """Every prepared transaction on the crash databases."""
+    postgres, mariadb = leftovers()
+    return [gid for gid, _ in postgres] + [gtrid + branch for gtrid, branch, _ in mariadb]
+
+
+def roll_back_leftovers() -> None:
+    """Undo what an interrupted earlier run left prepared (it would block DROP DATABASE)."""
+    postgres, mariadb = leftovers()
+    for gid, database in postgres:
+        with closing(server_connection(SERVER_URLS["postgres"], database)) as owner:
+            owner.cursor().execute(f"ROLLBACK PREPARED '{gid}'")
+    with closing(server_connection(SERVER_URLS["mysql"])) as connection:
+        for xid in mariadb:
+            connection.cursor().execute("XA ROLLBACK %s, %s, %s", list(xid))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,13 +33,6 @@ def in_block(alias: str) -> bool:
 
 def balances() -> tuple[int, int]:
     return Account.objects.get().balance, Vault.objects.get().balance
-
-
-@pytest.fixture
-def money() -> Iterator[None]:
-    Account.objects.create(name="alice", balance=100)
-    Vault.objects.create(name="vault", balance=100)
-    yield
 
 
 # --- targets -----------------------------------------------------------------

@@ -31,7 +31,7 @@ from tests.bank.models import Account, Vault
 from tests.library.models import Review
 from tests.loans.models import Member
 from tests.settings import DBFLEET, ENGINES
-from tests.test_transactions import Boom, kill_session
+from tests.test_transactions import Boom, balances, kill_session
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 
@@ -68,12 +68,6 @@ def steps() -> Iterator[list[tuple[str, str | None]]]:
 
 
 @pytest.fixture
-def money() -> None:
-    Account.objects.create(name="alice", balance=100)
-    Vault.objects.create(name="vault", balance=100)
-
-
-@pytest.fixture
 def on_step() -> Iterator[Callable[[str, Callable[[str | None], None]], None]]:
     """``on_step("commit", action)``: run ``action(alias)`` at that step, once."""
     receivers: list[Any] = []
@@ -92,10 +86,6 @@ def on_step() -> Iterator[Callable[[str, Callable[[str | None], None]], None]]:
     yield install
     for receiver in receivers:
         two_phase_step.disconnect(receiver)
-
-
-def balances() -> tuple[int, int]:
-    return Account.objects.get().balance, Vault.objects.get().balance
 
 
 def nothing_in_doubt() -> bool:

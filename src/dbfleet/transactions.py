@@ -24,11 +24,12 @@ from typing import Any, TypeVar, overload
 
 from django.conf import settings
 from django.core import mail
-from django.db import DatabaseError, connections, models, router, transaction
+from django.db import DatabaseError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.transaction import TransactionManagementError
 
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
+from dbfleet.routing import database_for
 
 logger = logging.getLogger("dbfleet.transactions")
 
@@ -90,10 +91,10 @@ def resolve(target: Target) -> str:
                 + did_you_mean(target, settings.DATABASES)
             )
         alias = target
-    elif isinstance(target, type) and issubclass(target, models.Model):
-        alias = router.db_for_write(target)
-    elif isinstance(target, models.Model):
-        alias = router.db_for_write(type(target), instance=target)
+    elif isinstance(target, models.Model) or (
+        isinstance(target, type) and issubclass(target, models.Model)
+    ):
+        alias = database_for(target, write=True)
     else:
         raise TypeError(
             f"A transaction target is a database alias, a model or a model instance, "
@@ -120,7 +121,7 @@ class _Frame:
 
     aliases: list[str]
     two_phase: bool
-    blocks: list[transaction.Atomic] = field(default_factory=list)
+    blocks: dict[str, transaction.Atomic] = field(default_factory=dict)  # entered, in order
     outermost: list[str] = field(default_factory=list)
     protocol: Any = None  # a two_phase.Protocol when this frame runs the protocol
     token: Any = None
@@ -178,16 +179,16 @@ class Atomic(ContextDecorator):
             try:
                 block.__enter__()
             except BaseException as error:
-                _exit_blocks(frame.blocks, error)
+                _exit_blocks(list(frame.blocks.values()), error)
                 raise
-            frame.blocks.append(block)
+            frame.blocks[alias] = block
         if starts_two_phase:
             from dbfleet.two_phase import Protocol
 
             try:
                 frame.protocol = Protocol.begin(frame.outermost)
             except BaseException as error:
-                _exit_blocks(frame.blocks, error)
+                _exit_blocks(list(frame.blocks.values()), error)
                 raise
         frame.token = _FRAMES.set((*_FRAMES.get(), frame))
 
@@ -200,7 +201,7 @@ class Atomic(ContextDecorator):
         frame = _FRAMES.get()[-1]
         _FRAMES.reset(frame.token)
         if exc_value is not None:
-            _abandon(frame, frame.blocks, exc_value)
+            _abandon(frame, list(frame.blocks.values()), exc_value)
             return
         due: list[tuple[Callable[[], Any], bool]] = []
         due_token = _DUE.set(due) if _DUE.get() is None else None
@@ -283,22 +284,21 @@ def _commit(frame: _Frame) -> None:
         for alias in frame.aliases
     ):
         # Django rolls such a block back without an error; the group follows it.
-        _abandon(frame, frame.blocks, _GroupRollback())
+        _abandon(frame, list(frame.blocks.values()), _GroupRollback())
         return
-    pairs = list(zip(frame.aliases, frame.blocks, strict=True))
-    outermost = [block for alias, block in pairs if alias in frame.outermost]
-    nested = [(alias, block) for alias, block in pairs if alias not in frame.outermost]
+    outermost = [frame.blocks[alias] for alias in frame.outermost]
+    nested = [alias for alias in frame.aliases if alias not in frame.outermost]
     released: list[str] = []
     while nested:
-        alias, block = nested.pop()
+        alias = nested.pop()
         try:
-            block.__exit__(None, None, None)
+            frame.blocks[alias].__exit__(None, None, None)
         except BaseException as error:
             # The savepoints already released merged into their transactions:
             # those must now roll back as a whole, as this one does.
             for done in released:
                 connections[done].needs_rollback = True
-            _abandon(frame, outermost + [block for _, block in nested], error)
+            _abandon(frame, outermost + [frame.blocks[alias] for alias in nested], error)
             raise
         released.append(alias)
     if frame.protocol is not None:
@@ -337,6 +337,12 @@ def raw_commit(connection: BaseDatabaseWrapper) -> None:
     """Commit on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
     with connection.wrap_database_errors:
         connection.connection.commit()
+
+
+def raw_rollback(connection: BaseDatabaseWrapper) -> None:
+    """Roll back on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
+    with connection.wrap_database_errors:
+        connection.connection.rollback()
 
 
 def atomic_targets() -> frozenset[str]:

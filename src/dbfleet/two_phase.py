@@ -34,7 +34,7 @@ from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
 
 from dbfleet.conf import fleet_settings, get_topology
-from dbfleet.transactions import CommitError, is_write, raw_commit, unguarded
+from dbfleet.transactions import CommitError, is_write, raw_commit, raw_rollback, unguarded
 
 logger = logging.getLogger("dbfleet.two_phase")
 
@@ -73,13 +73,13 @@ def check_engines(aliases: Sequence[str]) -> None:
             )
 
 
-def new_transaction_id() -> str:
-    """``dbfleet:<milliseconds>:<random>``; the time lets recovery tell its age."""
-    return f"{PREFIX}{time.time_ns() // 1_000_000}:{secrets.token_hex(6)}"
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def new_transaction_id() -> str:
+    """``dbfleet:<milliseconds>:<random>``; the time lets recovery tell its age."""
+    return f"{PREFIX}{_now_ms()}:{secrets.token_hex(6)}"
 
 
 def started_ms(transaction_id: str) -> int:
@@ -137,8 +137,7 @@ class _Postgres:
 
     @staticmethod
     def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
-        with connection.wrap_database_errors:
-            connection.connection.rollback()
+        raw_rollback(connection)
 
     @staticmethod
     def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
@@ -163,11 +162,11 @@ def _pg_finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
     outside = raw.autocommit
     with connection.wrap_database_errors:
         raw.autocommit = True
-        try:
-            with raw.cursor() as cursor:
-                verb = "COMMIT" if commit else "ROLLBACK"
-                cursor.execute(f"{verb} PREPARED {_literal(gid)}")
-        finally:
+    try:
+        _raw(connection, f"{'COMMIT' if commit else 'ROLLBACK'} PREPARED {_literal(gid)}")
+    finally:
+        # On a broken connection this fails too; the error above is the one to see.
+        with contextlib.suppress(DatabaseError), connection.wrap_database_errors:
             raw.autocommit = outside
 
 
@@ -461,8 +460,7 @@ class Protocol:
         except DatabaseError:
             logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
             try:
-                with connection.wrap_database_errors:
-                    connection.connection.rollback()
+                raw_rollback(connection)
             except DatabaseError:
                 # The transaction is committed everywhere; only this connection
                 # broke. Closing it lets the block end without an error, but
