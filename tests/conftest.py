@@ -92,3 +92,12 @@ def money() -> None:
 
     Account.objects.create(name="alice", balance=100)
     Vault.objects.create(name="vault", balance=100)
+
+
+@pytest.fixture(autouse=True)
+def own_scope() -> Iterator[None]:
+    """Each test is a read-your-writes scope: writes of earlier tests pin none of its reads."""
+    import dbfleet
+
+    with dbfleet.read_your_writes():
+        yield

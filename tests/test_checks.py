@@ -241,6 +241,25 @@ def test_e020_recovery_grace_not_a_number_of_seconds(grace: object) -> None:
     only(problems(RECOVERY_GRACE=grace), "dbfleet.E020")
 
 
+def test_e021_unknown_read_your_writes_mode() -> None:
+    message = only(problems(READ_YOUR_WRITES="positoin"), "dbfleet.E021")
+    assert message.hint is not None and "Did you mean 'position'?" in message.hint
+
+
+@pytest.mark.parametrize(
+    "key", ["MAX_LAG", "REPLICA_COOLDOWN", "REPLICA_CHECK_INTERVAL", "READ_YOUR_WRITES_WINDOW"]
+)
+@pytest.mark.parametrize("seconds", [-1, "2", float("nan"), None])
+def test_e022_replica_timing_not_a_number_of_seconds(key: str, seconds: object) -> None:
+    message = only(problems(**{key: seconds}), "dbfleet.E022")
+    assert key in message.msg and message.hint is not None and "default" in message.hint
+
+
+@pytest.mark.parametrize("cookie", ["", "two words", "semi;colon", 7])
+def test_e023_read_your_writes_cookie_not_a_cookie_name(cookie: object) -> None:
+    only(problems(READ_YOUR_WRITES_COOKIE=cookie), "dbfleet.E023")
+
+
 @pytest.mark.skipif(
     CONFIGURATION != "postgres" or shutil.which("pg_config") is None,
     reason="starts its own PostgreSQL cluster; runs in the postgres configuration",

@@ -33,7 +33,7 @@ def test_text_table_shows_read_write_migrate_and_reason() -> None:
         'ROUTES["library.Book"]',
     ]
     assert row(output, "library.Author")[1:] == [
-        "default",
+        "replica",
         "default",
         "default",
         "DEFAULT_DATABASE",
@@ -60,6 +60,7 @@ def test_json_lists_databases_and_every_model() -> None:
         "model": "library.Review",
         "table": "library_review",
         "read": "books",
+        "read_replicas": [],
         "write": "books",
         "migrate": ["books"],
         "decided_by": 'ROUTES["library.Review"]',

@@ -9,7 +9,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import RunPython
 from django.test import override_settings
 
-from dbfleet import Router, database_for
+from dbfleet import Router, database_for, use_primary
 from tests.library.models import Author, Book, BookProxy, Review
 from tests.loans.models import Loan, Member
 
@@ -30,10 +30,19 @@ def test_reads_and_writes_follow_routes() -> None:
     assert router.db_for_read(BookProxy) == "books"
 
 
+@override_settings(DBFLEET={"ROUTES": {"library.Book": "books"}})
 def test_unrouted_models_are_left_to_django() -> None:
     assert Router().db_for_read(Author) is None
     assert Router().db_for_write(Author) is None
     assert router.db_for_read(Author) == "default"
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
+def test_unrouted_models_are_read_from_the_replicas_of_default() -> None:
+    assert Router().db_for_read(Author) == "replica"
+    assert Router().db_for_write(Author) is None
+    with use_primary():
+        assert Router().db_for_read(Author) == "default"
 
 
 @override_settings(DBFLEET={"DEFAULT_DATABASE": "loans", "ROUTES": {"library.Book": "books"}})
@@ -42,17 +51,22 @@ def test_unrouted_models_go_to_another_default_database() -> None:
     assert migrates_on("library", "author") == ["loans"]
 
 
-@override_settings(DATABASE_ROUTERS=["dbfleet.Router", "tests.routers.EverythingToDefault"])
+@override_settings(
+    DATABASE_ROUTERS=["dbfleet.Router", "tests.routers.EverythingToDefault"],
+    DBFLEET={"ROUTES": {"library.Book": "books"}},
+)
 def test_later_routers_decide_unrouted_models() -> None:
     assert Router().db_for_read(Author) is None
     assert router.db_for_read(Author) == "default"
     assert router.db_for_read(Book) == "books"
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "replica"])
 def test_database_for_model_and_instance() -> None:
     assert database_for(Book) == "books"
     assert database_for(Book, write=True) == "books"
-    assert database_for(Author()) == "default"
+    assert database_for(Author()) == "replica"
+    assert database_for(Author(), write=True) == "default"
     assert database_for(Member(), write=True) == "loans"
 
 
@@ -182,7 +196,10 @@ def test_related_reads_follow_an_instance_read_from_a_replica() -> None:
     book = Book()
     book._state.db = "replica"
     assert router.db_for_read(Review, instance=book) == "replica"
-    assert router.db_for_read(Review) == "books"
+    book._state.db = "books"
+    assert router.db_for_read(Review, instance=book) == "books"
+    with use_primary():
+        assert router.db_for_read(Review) == "books"
 
 
 def test_relation_across_groups_is_refused() -> None:

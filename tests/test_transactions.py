@@ -14,7 +14,8 @@ from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
-from dbfleet.transactions import guard_writes, is_write, resolve_all, write_guard_mode
+from dbfleet.replicas import is_write
+from dbfleet.transactions import guard_writes, resolve_all, write_guard_mode
 from tests.bank.models import Account, Vault
 from tests.library.models import Author, Book, Review
 from tests.loans.models import Favourite, Loan, Member

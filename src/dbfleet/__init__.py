@@ -1,5 +1,12 @@
 """Run one Django project on many databases."""
 
+from dbfleet.replicas import (
+    WriteToReplicaError,
+    read_your_writes,
+    use_primary,
+    use_replica,
+    write_position,
+)
 from dbfleet.routing import Router, database_for
 from dbfleet.transactions import (
     CommitError,
@@ -18,7 +25,12 @@ __all__ = [
     "Router",
     "WriteOutsideTransaction",
     "WriteOutsideTransactionError",
+    "WriteToReplicaError",
     "atomic",
     "database_for",
     "on_commit",
+    "read_your_writes",
+    "use_primary",
+    "use_replica",
+    "write_position",
 ]

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db import connections
 from django.db.backends.signals import connection_created
 
 
@@ -9,6 +10,18 @@ class DbfleetConfig(AppConfig):
 
     def ready(self) -> None:
         from dbfleet import checks  # noqa: F401  (registers the system checks)
+        from dbfleet.conf import fleet_settings
+        from dbfleet.replicas import install_wrappers
         from dbfleet.transactions import install_write_guard
 
         connection_created.connect(install_write_guard, dispatch_uid="dbfleet.write_guard")
+        connection_created.connect(install_wrappers, dispatch_uid="dbfleet.replicas")
+        # In tests a replica is its primary's test mirror (Django's TEST["MIRROR"]),
+        # unless its settings name one: the test runner creates no database for
+        # it and its reads see the primary's test data. Django fills the TEST
+        # dictionary itself; this only sets the one key it left empty.
+        for primary, replicas in fleet_settings().replicas.items():
+            for replica in replicas:
+                test = connections.settings[replica.alias].setdefault("TEST", {})
+                if not test.get("MIRROR"):
+                    test["MIRROR"] = primary

@@ -24,8 +24,37 @@ from django.dispatch import receiver
 
 from dbfleet.topology import Replica, Topology
 
-KNOWN_KEYS = ("DEFAULT_DATABASE", "RECOVERY_GRACE", "REPLICAS", "ROUTES", "WRITE_GUARD")
+KNOWN_KEYS = (
+    "DEFAULT_DATABASE",
+    "MAX_LAG",
+    "READ_YOUR_WRITES",
+    "READ_YOUR_WRITES_COOKIE",
+    "READ_YOUR_WRITES_WINDOW",
+    "RECOVERY_GRACE",
+    "REPLICAS",
+    "REPLICA_CHECK_INTERVAL",
+    "REPLICA_COOLDOWN",
+    "ROUTES",
+    "WRITE_GUARD",
+)
 WRITE_GUARD_MODES = ("warn", "raise", "off")
+READ_YOUR_WRITES_MODES = ("time", "position")
+#: Settings given in seconds: (default, what the number means, for the hint).
+SECONDS = {
+    "MAX_LAG": (5.0, "a replica further behind its primary than this is skipped"),
+    "READ_YOUR_WRITES_WINDOW": (
+        2.0,
+        "after a write, ReadYourWritesMiddleware keeps that user's reads on the primary this long",
+    ),
+    "RECOVERY_GRACE": (
+        60.0,
+        "`fleet recover` waits this long before it rolls back a prepared transaction "
+        "without a decision",
+    ),
+    "REPLICA_CHECK_INTERVAL": (1.0, "each replica's reachability and lag is checked this often"),
+    "REPLICA_COOLDOWN": (5.0, "a replica found unreachable or too far behind is skipped this long"),
+}
+COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 ROUTE_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", re.ASCII)
 OBJ = "settings.DBFLEET"
 
@@ -39,8 +68,17 @@ class FleetSettings:
     routes: Mapping[str, str] = field(default_factory=dict)
     replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
     write_guard: str | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
-    recovery_grace: float = 60.0
+    read_your_writes: str = "time"
+    cookie: str = "dbfleet_primary"
+    #: The settings in ``SECONDS``, by key.
+    seconds: Mapping[str, float] = field(
+        default_factory=lambda: {key: default for key, (default, _) in SECONDS.items()}
+    )
     problems: tuple[CheckMessage, ...] = ()
+
+    @property
+    def recovery_grace(self) -> float:
+        return self.seconds["RECOVERY_GRACE"]
 
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
@@ -122,27 +160,58 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
             )
         )
         write_guard = None
-    grace = raw.get("RECOVERY_GRACE", FleetSettings.recovery_grace)
-    if type(grace) not in (int, float) or not 0 <= grace < float("inf"):
+    seconds = {key: _parse_seconds(raw, key, problems) for key in SECONDS}
+    mode = raw.get("READ_YOUR_WRITES", FleetSettings.read_your_writes)
+    if mode not in READ_YOUR_WRITES_MODES:
         problems.append(
             Error(
-                f'DBFLEET["RECOVERY_GRACE"] is {grace!r}.',
-                hint="Give the seconds `fleet recover` waits before it rolls back a prepared "
-                "transaction without a decision, a number >= 0 (default 60).",
+                f'DBFLEET["READ_YOUR_WRITES"] is {mode!r}.',
+                hint='Use "time" (after a write, a user reads from the primary for '
+                'READ_YOUR_WRITES_WINDOW seconds) or "position" (from a replica that has '
+                "replayed the write)." + did_you_mean(mode, READ_YOUR_WRITES_MODES),
                 obj=OBJ,
-                id="dbfleet.E020",
+                id="dbfleet.E021",
             )
         )
-        grace = FleetSettings.recovery_grace
+        mode = FleetSettings.read_your_writes
+    cookie = raw.get("READ_YOUR_WRITES_COOKIE", FleetSettings.cookie)
+    if not isinstance(cookie, str) or not COOKIE_NAME.fullmatch(cookie):
+        problems.append(
+            Error(
+                f'DBFLEET["READ_YOUR_WRITES_COOKIE"] is {cookie!r}, which is not a cookie name.',
+                hint="Use letters, digits and _ or -, such as the default 'dbfleet_primary'.",
+                obj=OBJ,
+                id="dbfleet.E023",
+            )
+        )
+        cookie = FleetSettings.cookie
     return FleetSettings(
         configured=True,
         default_database=default_database,
         routes=routes,
         replicas=replicas,
         write_guard=write_guard,
-        recovery_grace=float(grace),
+        read_your_writes=mode,
+        cookie=cookie,
+        seconds=seconds,
         problems=tuple(problems),
     )
+
+
+def _parse_seconds(raw: Mapping[str, Any], key: str, problems: list[CheckMessage]) -> float:
+    default, meaning = SECONDS[key]
+    value = raw.get(key, default)
+    if type(value) in (int, float) and 0 <= value < float("inf"):
+        return float(value)
+    problems.append(
+        Error(
+            f'DBFLEET["{key}"] is {value!r}.',
+            hint=f"Give a number of seconds >= 0 (default {default:g}): {meaning}.",
+            obj=OBJ,
+            id="dbfleet.E020" if key == "RECOVERY_GRACE" else "dbfleet.E022",
+        )
+    )
+    return default
 
 
 def _parse_routes(

@@ -10,6 +10,7 @@ from django.apps import apps
 from django.db import connections, models, router
 
 from dbfleet.conf import ANSWERS, get_topology
+from dbfleet.replicas import READS, use_primary
 from dbfleet.topology import owner_label
 
 
@@ -22,11 +23,16 @@ class Router:
 
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
-        if hints and alias is not None:
+        reads = READS[alias]
+        if hints:
             # Related objects are read where their instance was read, as in Django
             # without routers, as long as that database is in the model's group.
-            return _instance_database(hints, alias) or alias
-        return alias
+            instance = hints.get("instance")
+            db: str | None = instance._state.db if instance is not None else None
+            home = alias if reads is None else reads.primary
+            if db is not None and home is not None and get_topology().same_group(db, home):
+                return db
+        return alias if reads is None else reads.read()
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
@@ -176,7 +182,10 @@ class Route:
 
     model: str
     table: str
+    #: Where reads go without replicas (or pinned to the primary).
     read: str
+    #: The replicas that serve the reads, when the model's group has some.
+    read_replicas: tuple[str, ...]
     write: str
     migrate: tuple[str, ...]
     decided_by: str
@@ -196,7 +205,16 @@ def routes() -> list[Route]:
     topology = get_topology()
     table = []
     for model in apps.get_models(include_auto_created=True):
-        read, write = database_for(model), database_for(model, write=True)
+        with use_primary():
+            read = database_for(model)
+        write = database_for(model, write=True)
+        decided_by = _decided_by(model, read)
+        group = topology.groups.get(read)
+        replicas = (
+            tuple(replica.alias for replica in group.replicas)
+            if group is not None and decided_by != "another router"
+            else ()
+        )
         crossings = tuple(
             Crossing(field.name, related._meta.label, there)
             for field, related in relations(model)
@@ -207,11 +225,12 @@ def routes() -> list[Route]:
                 model=model._meta.label,
                 table=model._meta.db_table,
                 read=read,
+                read_replicas=replicas,
                 write=write,
                 migrate=tuple(
                     alias for alias in connections if router.allow_migrate_model(alias, model)
                 ),
-                decided_by=_decided_by(model, read),
+                decided_by=decided_by,
                 crossings=crossings,
             )
         )

@@ -29,24 +29,13 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.transaction import TransactionManagementError
 
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
+from dbfleet.replicas import is_write
 from dbfleet.routing import database_for
 
 logger = logging.getLogger("dbfleet.transactions")
 
 Target = str | type[models.Model] | models.Model
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Statements that change nothing: everything else counts as a write, so a
-# statement this list does not know about is treated as one (the safe side).
-_NOT_WRITES = (
-    "SELECT", "SHOW", "EXPLAIN", "DESCRIBE", "SAVEPOINT", "RELEASE", "ROLLBACK",
-    "SET ", "PRAGMA", "BEGIN", "COMMIT", "XA ", "(SELECT", "KILL",
-)  # fmt: skip
-
-
-def is_write(sql: str) -> bool:
-    """Whether ``sql`` may change data (by its first keyword)."""
-    return not sql.lstrip().upper().startswith(_NOT_WRITES)
 
 
 class CommitError(DatabaseError):

@@ -34,7 +34,8 @@ from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
 
 from dbfleet.conf import fleet_settings, get_topology
-from dbfleet.transactions import CommitError, is_write, raw_commit, raw_rollback, unguarded
+from dbfleet.replicas import is_write
+from dbfleet.transactions import CommitError, raw_commit, raw_rollback, unguarded
 
 logger = logging.getLogger("dbfleet.two_phase")
 

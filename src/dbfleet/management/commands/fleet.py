@@ -204,7 +204,7 @@ class Command(BaseCommand):
             crossings = ", ".join(f"{c.field} -> {c.to} ({c.database})" for c in route.crossings)
             grid.add_row(
                 route.model,
-                route.read,
+                ", ".join(route.read_replicas) or route.read,
                 route.write,
                 ", ".join(route.migrate) or "-",
                 route.decided_by,

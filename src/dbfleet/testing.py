@@ -1,0 +1,56 @@
+"""Test helpers: see where each query went."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+
+
+@dataclass(frozen=True)
+class Query:
+    """One statement, and the database that ran it."""
+
+    alias: str
+    sql: str
+
+
+class Queries(list[Query]):
+    """The statements run while ``capture_queries()`` was open, in order."""
+
+    @property
+    def aliases(self) -> list[str]:
+        """The database of each statement, in order."""
+        return [query.alias for query in self]
+
+    def on(self, alias: str) -> list[str]:
+        """The statements that ran on ``alias``."""
+        return [query.sql for query in self if query.alias == alias]
+
+
+@contextmanager
+def capture_queries() -> Iterator[Queries]:
+    """Record every statement run in this thread, on every database, with its alias.
+
+    A read that a dead replica handed to its primary is recorded on the primary.
+    """
+    captured = Queries()
+
+    def record(alias: str) -> Callable[..., Any]:
+        def wrapper(
+            execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+        ) -> Any:
+            result = execute(sql, params, many, context)
+            if "dbfleet_handed_to" not in context:  # Else recorded where it ran.
+                captured.append(Query(alias, sql))
+            return result
+
+        return wrapper
+
+    with ExitStack() as stack:
+        for connection in connections.all():
+            stack.enter_context(connection.execute_wrapper(record(connection.alias)))
+        yield captured
