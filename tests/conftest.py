@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import connections
 
 DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb"}
+#: (primary, replica) clusters of the replication configuration.
+CLUSTERS = pytest.StashKey[Any]()
 
 
 def servers_required() -> bool:
@@ -42,7 +44,19 @@ def unavailable() -> str | None:
 
 
 #: Tests that bring their own databases run once, in this configuration (it has both servers).
-OWN_DATABASES = {"tests/test_crash.py": "mixed"}
+OWN_DATABASES = {"tests/test_crash.py": "mixed", "tests/replication/test_streaming.py": "replication"}
+#: Configurations that run only their own tests.
+ONLY_OWN = {"replication"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("DBFLEET_TEST_DATABASES") == "replication":
+        from tests.servers import streaming_replica
+        from tests.settings import STREAMING_PORTS
+
+        pair = streaming_replica(*STREAMING_PORTS)
+        config.stash[CLUSTERS] = pair.__enter__()
+        config.add_cleanup(lambda: pair.__exit__(None, None, None))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -54,10 +68,11 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     configuration = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
+    default = None if configuration in ONLY_OWN else configuration
     elsewhere = [
         item
         for item in items
-        if OWN_DATABASES.get(item.nodeid.partition("::")[0], configuration) != configuration
+        if OWN_DATABASES.get(item.nodeid.partition("::")[0], default) != configuration
     ]
     if elsewhere:
         config.hook.pytest_deselected(items=elsewhere)

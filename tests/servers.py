@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from typing import Any
 
 import dj_database_url
@@ -48,27 +48,75 @@ def recreate(engine: str, name: str, *, create: bool = True) -> None:
             cursor.execute(f"CREATE DATABASE {name}{charset}")
 
 
+class Cluster:
+    """A PostgreSQL cluster in a directory of its own, run as the postgres user."""
+
+    def __init__(self, directory: str, name: str, port: int) -> None:
+        self.directory = directory
+        self.data = os.path.join(directory, name)
+        self.port = port
+        self.url = f"postgres://postgres@127.0.0.1:{port}"
+        self.log = os.path.join(directory, f"{name}.log")
+
+    def run(self, program: str, *args: str) -> None:
+        subprocess.run([*_AS_OWNER, f"{_bindir()}/{program}", *args], check=True, capture_output=True)
+
+    def start(self, *settings: str) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
+        options += "".join(f" -c {setting}" for setting in settings)
+        self.run("pg_ctl", "-D", self.data, "-o", options, "-l", self.log, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+
+_AS_OWNER = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _bindir() -> str:
+    return subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
+
+
+@contextmanager
+def _cluster_directory() -> Iterator[str]:
+    # PostgreSQL refuses to run as root: run it as the postgres user then.
+    with tempfile.TemporaryDirectory() as directory:
+        if _AS_OWNER:
+            shutil.chown(directory, "postgres")
+        yield directory
+
+
 @contextmanager
 def scratch_postgres(port: int = 5499) -> Iterator[str]:
     """A new, empty PostgreSQL cluster with default settings; yields its server URL."""
-    bindir = subprocess.check_output(["pg_config", "--bindir"], text=True).strip()
-    # PostgreSQL refuses to run as root: run it as the postgres user then.
-    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    with tempfile.TemporaryDirectory() as directory:
-        if as_owner:
-            shutil.chown(directory, "postgres")
-        data = os.path.join(directory, "data")
-        subprocess.run(
-            [*as_owner, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
-        pg_ctl = [*as_owner, f"{bindir}/pg_ctl", "-D", data]
-        subprocess.run(
-            [*pg_ctl, "-o", options, "-l", os.path.join(directory, "log"), "-w", "start"],
-            check=True, capture_output=True,
-        )  # fmt: skip
+    with _cluster_directory() as directory:
+        cluster = Cluster(directory, "data", port)
+        cluster.run("initdb", "-D", cluster.data, "-A", "trust", "-U", "postgres")
+        cluster.start()
         try:
-            yield f"postgres://postgres@127.0.0.1:{port}"
+            yield cluster.url
         finally:
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+            with suppress(subprocess.CalledProcessError):
+                cluster.stop("immediate")
+
+
+@contextmanager
+def streaming_replica(primary_port: int, replica_port: int) -> Iterator[tuple[Cluster, Cluster]]:
+    """A new primary cluster and a streaming replica of it made with pg_basebackup."""
+    with _cluster_directory() as directory:
+        primary = Cluster(directory, "primary", primary_port)
+        replica = Cluster(directory, "replica", replica_port)
+        primary.run("initdb", "-D", primary.data, "-A", "trust", "-U", "postgres")
+        primary.start("max_prepared_transactions=8")
+        try:
+            replica.run(
+                "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary_port), "-U", "postgres",
+                "-D", replica.data, "--write-recovery-conf", "--wal-method=stream",
+                "--checkpoint=fast",
+            )  # fmt: skip
+            replica.start("max_prepared_transactions=8")
+            yield primary, replica
+        finally:
+            for cluster in (replica, primary):
+                with suppress(subprocess.CalledProcessError):
+                    cluster.stop("immediate")

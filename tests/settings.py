@@ -5,6 +5,9 @@
 - ``sqlite`` (default): every alias on SQLite; no server needed.
 - ``postgres`` / ``mysql``: every alias on that server.
 - ``mixed``: ``default`` on PostgreSQL, ``books`` on MariaDB, ``loans`` on SQLite.
+- ``replication``: ``default`` on a PostgreSQL cluster the run creates, with a real
+  streaming replica ``replica1``; ``books`` and ``loans`` on SQLite. Only
+  ``tests/replication`` runs in it.
 
 Servers are found at ``DBFLEET_TEST_POSTGRES_URL`` (default
 ``postgres://postgres@127.0.0.1:5432``) and ``DBFLEET_TEST_MYSQL_URL`` (default
@@ -21,11 +24,16 @@ import dj_database_url
 CONFIGURATION = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
 POSTGRES_URL = os.environ.get("DBFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 MYSQL_URL = os.environ.get("DBFLEET_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+#: Ports of the primary and the streaming replica the replication configuration creates.
+STREAMING_PORTS = (5497, 5498)
+if CONFIGURATION == "replication":
+    POSTGRES_URL = f"postgres://postgres@127.0.0.1:{STREAMING_PORTS[0]}"
 ENGINES = {
     "sqlite": {"default": "sqlite", "books": "sqlite", "loans": "sqlite"},
     "postgres": {"default": "postgres", "books": "postgres", "loans": "postgres"},
     "mysql": {"default": "mysql", "books": "mysql", "loans": "mysql"},
     "mixed": {"default": "postgres", "books": "mysql", "loans": "sqlite"},
+    "replication": {"default": "postgres", "books": "sqlite", "loans": "sqlite"},
 }[CONFIGURATION]
 
 
@@ -44,7 +52,18 @@ def database(alias: str, prefix: str = "dbfleet", directory: str = "") -> dict[s
 
 
 DATABASES = {alias: database(alias) for alias in ENGINES}
-DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
+if CONFIGURATION == "replication":
+    # It reads the primary's test database, which streaming replication copies.
+    REPLICA = "replica1"
+    DATABASES[REPLICA] = {
+        **DATABASES["default"],
+        "NAME": "test_dbfleet_default",
+        "PORT": STREAMING_PORTS[1],
+        "TEST": {"MIRROR": "default"},
+    }
+else:
+    REPLICA = "replica"
+    DATABASES[REPLICA] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 
 DATABASE_ROUTERS = ["dbfleet.Router"]
 ROUTES = {
@@ -53,7 +72,7 @@ ROUTES = {
     "loans": "loans",
     "bank.Vault": "books",
 }
-DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": ["replica"]}, "WRITE_GUARD": "raise"}
+DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": [REPLICA]}, "WRITE_GUARD": "raise"}
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",

@@ -94,6 +94,9 @@ class _State:
     writes: _Writes | None = None
 
 
+#: Set while dbfleet runs a query of its own (a health check, a position).
+OWN_QUERY: ContextVar[bool] = ContextVar("dbfleet_own_query", default=False)
+
 _NO_STATE = _State()
 _STATE: ContextVar[_State] = ContextVar("dbfleet_replicas", default=_NO_STATE)
 #: Writes made outside any scope, per context (a thread, a task).
@@ -253,9 +256,13 @@ def primary_position(alias: str) -> str | None:
         if connection.vendor == "postgresql"
         else "SELECT @@GLOBAL.gtid_binlog_pos"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(query)
-        value = cursor.fetchone()[0]
+    token = OWN_QUERY.set(True)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            value = cursor.fetchone()[0]
+    finally:
+        OWN_QUERY.reset(token)
     return value or None  # MariaDB without a binary log has no GTIDs.
 
 
@@ -346,8 +353,12 @@ def measure(connection: BaseDatabaseWrapper) -> tuple[float, str | None, bool]:
     if check is None:
         connection.ensure_connection()
         return 0.0, CURRENT, False
-    with connection.cursor() as cursor:
-        return check(cursor)
+    token = OWN_QUERY.set(True)
+    try:
+        with connection.cursor() as cursor:
+            return check(cursor)
+    finally:
+        OWN_QUERY.reset(token)
 
 
 def check(health: ReplicaHealth, now: float) -> None:
@@ -575,7 +586,12 @@ def guard_replica(
     try:
         return execute(sql, params, many, context)
     except DatabaseError as error:
-        if many or connection.in_atomic_block or _usable_connection(connection):
+        if (
+            many
+            or OWN_QUERY.get()
+            or connection.in_atomic_block
+            or _usable_connection(connection)
+        ):
             raise
         # The server went away under an open connection: skip the replica and
         # answer this read from the primary, on the caller's cursor.
