@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements"
 REPORTS = ROOT / ".reports"
-CONFIGURATIONS = ("sqlite", "postgres", "mysql", "mixed")
+CONFIGURATIONS = ("sqlite", "postgres", "mysql", "mixed", "replication")
 MYSQL_HELP = (
     "mysqlclient could not be built, so the MariaDB tests will be skipped. It needs the "
     "MariaDB client headers: apt-get install libmariadb-dev pkg-config (Debian/Ubuntu)."

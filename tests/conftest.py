@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -44,7 +47,10 @@ def unavailable() -> str | None:
 
 
 #: Tests that bring their own databases run once, in this configuration (it has both servers).
-OWN_DATABASES = {"tests/test_crash.py": "mixed", "tests/replication/test_streaming.py": "replication"}
+OWN_DATABASES = {
+    "tests/test_crash.py": "mixed",
+    "tests/replication/test_streaming.py": "replication",
+}
 #: Configurations that run only their own tests.
 ONLY_OWN = {"replication"}
 
@@ -54,9 +60,15 @@ def pytest_configure(config: pytest.Config) -> None:
         from tests.servers import streaming_replica
         from tests.settings import STREAMING_PORTS
 
-        pair = streaming_replica(*STREAMING_PORTS)
-        config.stash[CLUSTERS] = pair.__enter__()
-        config.add_cleanup(lambda: pair.__exit__(None, None, None))
+        clusters = ExitStack()
+        try:
+            config.stash[CLUSTERS] = clusters.enter_context(streaming_replica(*STREAMING_PORTS))
+        except (OSError, subprocess.CalledProcessError) as error:
+            # The tests are then skipped (or fail, when servers are required) as
+            # for any server that cannot be reached; say why here.
+            print(f"Could not create the streaming replica: {error}", file=sys.stderr)
+            return
+        config.add_cleanup(clusters.close)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -59,7 +59,8 @@ class Cluster:
         self.log = os.path.join(directory, f"{name}.log")
 
     def run(self, program: str, *args: str) -> None:
-        subprocess.run([*_AS_OWNER, f"{_bindir()}/{program}", *args], check=True, capture_output=True)
+        command = [*_AS_OWNER, f"{_bindir()}/{program}", *args]
+        subprocess.run(command, check=True, capture_output=True)
 
     def start(self, *settings: str) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"

@@ -13,6 +13,7 @@ the check due.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import random
@@ -172,6 +173,11 @@ def use_replica() -> _Scope:
     A group falls back to its primary when none of its replicas is healthy.
     """
     return _Force(REPLICA)
+
+
+def read_preference() -> str | None:
+    """``"primary"`` or ``"replica"`` inside ``use_primary()`` / ``use_replica()``, else None."""
+    return _STATE.get().force
 
 
 def read_your_writes(position: str | None = None) -> _Scope:
@@ -439,8 +445,15 @@ def _connection(alias: str) -> BaseDatabaseWrapper:
     try:
         return local.by_alias[alias]
     except KeyError:
-        connection = local.by_alias[alias] = connections[alias]
+        connection = connections[alias]
+        if not _in_event_loop():  # There Django hands out other objects, per context.
+            local.by_alias[alias] = connection
         return connection
+
+
+def _in_event_loop() -> bool:
+    """Whether async code runs in this thread now: then dbfleet makes no query."""
+    return asyncio._get_running_loop() is not None
 
 
 class GroupReads:
@@ -473,7 +486,7 @@ class GroupReads:
         if pin.until <= time.time():
             del writes.pins[self.primary]
             return self.replica() or self.primary
-        if pin.wrote and fleet_settings().read_your_writes != "position":
+        if pin.wrote and (fleet_settings().read_your_writes != "position" or _in_event_loop()):
             return self.primary
         _settle_position(self.primary, pin)
         if pin.position is None:
@@ -496,7 +509,9 @@ class GroupReads:
         return None
 
     def _usable(self, health: ReplicaHealth, now: float) -> bool:
-        if now >= health.check_after:
+        if _in_event_loop():
+            pass  # Called from async code: no query, no connection, what is known holds.
+        elif now >= health.check_after:
             check(health, now)
         elif _connection(health.alias).connection is None:
             # A new connection: connecting costs no query, and a refused one
@@ -514,6 +529,8 @@ class GroupReads:
     def _has_replayed(self, health: ReplicaHealth, position: str) -> bool:
         if health.replayed is CURRENT or has_replayed(health.replayed, position):
             return True
+        if _in_event_loop():
+            return False
         try:  # One query on the replica: has it caught up since its last check?
             health.replayed = measure(_connection(health.alias))[1]
         except DatabaseError:
@@ -586,12 +603,7 @@ def guard_replica(
     try:
         return execute(sql, params, many, context)
     except DatabaseError as error:
-        if (
-            many
-            or OWN_QUERY.get()
-            or connection.in_atomic_block
-            or _usable_connection(connection)
-        ):
+        if many or OWN_QUERY.get() or connection.in_atomic_block or _usable_connection(connection):
             raise
         # The server went away under an open connection: skip the replica and
         # answer this read from the primary, on the caller's cursor.
@@ -621,6 +633,8 @@ def note_writes(
 
 def install_wrappers(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     """``connection_created`` receiver: guard replicas, watch the writes of replicated primaries."""
+    # What the connection ran before this (setting itself up) is not the caller's.
+    connection.dbfleet_ready = connection.connection  # type: ignore[attr-defined]
     topology = get_topology()
     if topology.is_replica(connection.alias):
         wrapper = guard_replica

@@ -35,14 +35,12 @@ class Router:
         return alias if reads is None else reads.read()
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
-        alias = ANSWERS[model]
-        if hints and alias is not None:
-            # An instance read from another primary of its group is saved back
-            # there; one read from a replica is saved to the primary.
-            db = _instance_database(hints, alias)
-            if db is not None and not get_topology().is_replica(db):
-                return db
-        return alias
+        instance = hints.get("instance") if hints else None
+        db: str | None = instance._state.db if instance is not None else None
+        topology = get_topology()
+        if db is not None and topology.is_replica(db):
+            return topology.primary_of(db)  # Read from a replica: saved to its primary.
+        return ANSWERS[model]
 
     def allow_relation(self, obj1: models.Model, obj2: models.Model, **hints: Any) -> bool:
         """Allow a relation only between objects of one group (a primary and its replicas)."""
@@ -67,15 +65,6 @@ class Router:
             return False
         home = migrate_home(app_label, model_name, **hints)[0]
         return db == home if isinstance(home, str) else db in home
-
-
-def _instance_database(hints: dict[str, Any], alias: str) -> str | None:
-    """The database of the ``instance`` hint when it differs from ``alias`` but is in its group."""
-    instance = hints.get("instance")
-    db: str | None = instance._state.db if instance is not None else None
-    if db is not None and db != alias and get_topology().same_group(db, alias):
-        return db
-    return None
 
 
 def migrate_home(

@@ -39,7 +39,8 @@ def capture_queries() -> Iterator[Queries]:
 
     A read that a dead replica handed to its primary is recorded on the primary.
     dbfleet's own queries (replica health, replication positions) are left out:
-    they run on a timer, not because of the code under test.
+    they run on a timer, not because of the code under test; so is what a new
+    connection runs to set itself up.
     """
     captured = Queries()
 
@@ -48,9 +49,15 @@ def capture_queries() -> Iterator[Queries]:
             execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
         ) -> Any:
             result = execute(sql, params, many, context)
-            # A read a dead replica handed over is recorded where it ran; dbfleet's
-            # own health and position queries are left out.
-            if "dbfleet_handed_to" not in context and not OWN_QUERY.get():
+            connection = context["connection"]
+            # A read a dead replica handed over is recorded where it ran. Left
+            # out: dbfleet's own health and position queries, and what a new
+            # connection runs to set itself up (MySQL's SET SESSION ...).
+            if (
+                "dbfleet_handed_to" not in context
+                and not OWN_QUERY.get()
+                and getattr(connection, "dbfleet_ready", None) is connection.connection
+            ):
                 captured.append(Query(alias, sql))
             return result
 

@@ -1,0 +1,394 @@
+"""Replica reads, scopes and read-your-writes, with the test mirror as the replica.
+
+In these configurations ``replica`` is the test mirror of ``default``: it reads
+the same data, so a read finds the same rows wherever it goes and
+``capture_queries()`` tells where it went. ``tests/replication/`` repeats what
+matters against a real streaming replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections, transaction
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory, TestCase, override_settings
+
+import dbfleet
+from dbfleet.replicas import (
+    READS,
+    GroupReads,
+    ReadYourWritesMiddleware,
+    has_replayed,
+    note_write,
+    read_preference,
+)
+from dbfleet.testing import capture_queries
+from dbfleet.topology import Group, Replica
+from tests.library.models import Author, Book
+from tests.settings import DBFLEET
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture(autouse=True)
+def healthy_replicas() -> None:
+    """Forget what earlier tests did to the replicas' health."""
+    READS.clear()
+
+
+def read_author() -> list[str]:
+    """Where an ORM read of ``Author`` (in ``default``, replicated) went."""
+    with capture_queries() as queries:
+        list(Author.objects.all())
+    return queries.aliases
+
+
+def test_reads_go_to_the_replica_writes_to_the_primary() -> None:
+    with capture_queries() as queries:
+        Author.objects.create(first_name="Ada")
+    assert queries.aliases == ["default"]
+    with dbfleet.read_your_writes():
+        assert read_author() == ["replica"]
+        assert Author.objects.get().first_name == "Ada"
+
+
+def test_models_without_replicas_read_from_their_database() -> None:
+    with capture_queries() as queries:
+        list(Book.objects.all())
+    assert queries.aliases == ["books"], queries
+
+
+def test_a_write_pins_the_rest_of_the_scope_to_the_primary() -> None:
+    assert read_author() == ["replica"]
+    Author.objects.create(first_name="Ada")
+    assert read_author() == ["default"]
+    with dbfleet.read_your_writes():
+        assert read_author() == ["replica"]  # A scope of its own: it has not written.
+        Book.objects.create(content="x")
+        assert read_author() == ["replica"]  # A write to another group pins nothing here.
+    assert read_author() == ["default"]
+
+
+def test_raw_sql_writes_pin_too() -> None:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("UPDATE library_author SET email = ''")
+    assert read_author() == ["default"]
+
+
+def test_outside_any_scope_a_write_pins_for_the_window() -> None:
+    def in_a_new_thread() -> list[list[str]]:
+        try:
+            Author.objects.create(first_name="Ada")
+            first = read_author()
+            time.sleep(0.3)
+            return [first, read_author()]
+        finally:
+            connections.close_all()
+
+    with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
+        assert run_in_thread(in_a_new_thread) == [["default"], ["replica"]]
+
+
+def test_a_transaction_on_the_primary_reads_from_the_primary() -> None:
+    with transaction.atomic():
+        assert read_author() == ["default"]
+        with dbfleet.use_replica():
+            assert read_author() == ["replica"]
+    with dbfleet.atomic("default"):
+        assert read_author() == ["default"]
+
+
+def test_use_primary_and_use_replica_nest() -> None:
+    with dbfleet.use_primary():
+        assert read_author() == ["default"]
+        with dbfleet.use_replica():
+            assert read_author() == ["replica"]
+            with dbfleet.use_primary():
+                assert read_author() == ["default"]
+            assert read_author() == ["replica"]
+        assert read_author() == ["default"]
+    assert read_preference() is None
+
+
+def test_use_replica_wins_over_a_write_in_the_scope() -> None:
+    Author.objects.create(first_name="Ada")
+    with dbfleet.use_replica():
+        assert read_author() == ["replica"]
+    assert read_author() == ["default"]
+
+
+def test_decorators_on_functions_and_coroutine_functions() -> None:
+    @dbfleet.use_primary()
+    def sync_view() -> str | None:
+        return read_preference()
+
+    @dbfleet.use_replica()
+    async def async_view() -> str | None:
+        await asyncio.sleep(0)
+        return read_preference()
+
+    assert sync_view() == "primary"
+    assert asyncio.run(async_view()) == "replica"
+    assert read_preference() is None
+
+
+def test_one_scope_object_entered_from_many_threads() -> None:
+    shared = dbfleet.use_primary()
+    start = threading.Barrier(8)
+
+    def work() -> list[str | None]:
+        start.wait()
+        with shared:
+            inside = read_preference()
+            time.sleep(0.01)
+            with shared:
+                nested = read_preference()
+            after_nested = read_preference()
+        return [inside, nested, after_nested, read_preference()]
+
+    results = run_in_threads([work] * 8)
+    assert results == [["primary", "primary", "primary", None]] * 8
+
+
+def test_pins_never_leak_between_1000_concurrent_tasks_and_threads(
+    request: pytest.FixtureRequest,
+) -> None:
+    """500 asyncio tasks and 500 threads, each pinning to one side or not, all at once."""
+    Author.objects.create(first_name="Ada")
+    slow_checks = override_settings(DBFLEET={**DBFLEET, "REPLICA_CHECK_INTERVAL": 600})
+    slow_checks.enable()
+    request.addfinalizer(slow_checks.disable)
+    with dbfleet.read_your_writes():
+        assert read_author() == ["replica"]  # Checked and connected: the tasks make no query.
+    scopes: list[tuple[Callable[[], AbstractContextManager[Any]], str | None]] = [
+        (nullcontext, None),
+        (dbfleet.use_primary, "primary"),
+        (dbfleet.use_replica, "replica"),
+    ]
+    expected_reads = {None: "replica", "primary": "default", "replica": "replica"}
+    wrong: list[str] = []
+
+    async def task(number: int) -> None:
+        scope, expected = scopes[number % 3]
+        writes = number % 2 == 0  # Half of them write inside a scope of their own.
+        with dbfleet.read_your_writes(), scope():
+            for _ in range(3):
+                await asyncio.sleep(random.random() / 1000)
+                if writes:
+                    note_write("default")
+                read = dbfleet.database_for(Author)
+                want = "default" if writes and expected is None else expected_reads[expected]
+                if read_preference() != expected or read != want:
+                    wrong.append(f"task {number}: {read_preference()}, {read}")
+
+    def thread(number: int) -> None:
+        scope, expected = scopes[number % 3]
+        with scope():
+            for _ in range(3):
+                time.sleep(random.random() / 1000)
+                if read_preference() != expected:
+                    wrong.append(f"thread {number}: {read_preference()}")
+
+    async def main() -> None:
+        await asyncio.gather(*(task(number) for number in range(500)))
+
+    threads = [threading.Thread(target=thread, args=(number,)) for number in range(500)]
+    for worker in threads:
+        worker.start()
+    asyncio.run(main())
+    for worker in threads:
+        worker.join()
+    assert wrong == []
+    assert read_preference() is None
+
+
+def test_django_using_db_manager_and_instance_state_are_honoured() -> None:
+    Author.objects.create(first_name="Ada")
+    with capture_queries() as queries:
+        list(Author.objects.using("default"))
+        list(Author.objects.db_manager("replica").all())
+    assert queries.aliases == ["default", "replica"]
+    with dbfleet.read_your_writes():
+        author = Author.objects.get()  # From the replica.
+        assert author._state.db == "replica"
+        with capture_queries() as queries:
+            author.refresh_from_db()
+            Book.objects.create(content="x")
+        assert queries.aliases == ["replica", "books"]
+        with capture_queries() as queries:
+            author.save()  # Saved to the primary, though read from the replica.
+        assert queries.aliases[-1] == "default"
+
+
+def test_a_write_to_a_replica_is_refused_with_its_name() -> None:
+    with pytest.raises(dbfleet.WriteToReplicaError, match="'replica', a replica of 'default'"):
+        Author.objects.using("replica").create(first_name="Ada")
+    refused = pytest.raises(dbfleet.WriteToReplicaError, match=r"using='default'")
+    with refused, connections["replica"].cursor() as cursor:
+        cursor.execute("DELETE FROM library_author")
+    assert not Author.objects.using("default").exists()
+
+
+def test_weights_share_the_reads() -> None:
+    # "books" stands in for a second replica: the choice only needs a connection.
+    reads = GroupReads(Group("default", (Replica("replica", 1), Replica("books", 3))))
+    chosen = Counter(reads.replica() for _ in range(4000))
+    assert set(chosen) == {"replica", "books"}
+    assert 0.70 < chosen["books"] / 4000 < 0.80
+
+
+def test_no_healthy_replica_reads_from_the_primary() -> None:
+    (health,) = READS["default"].replicas  # type: ignore[union-attr]
+    with dbfleet.read_your_writes():
+        assert read_author() == ["replica"]
+        health.down_until = time.monotonic() + 60
+        READS["default"].next_event = 0  # type: ignore[union-attr]
+        assert read_author() == ["default"]
+
+
+def test_positions_compare_by_lsn_and_by_gtid_domain() -> None:
+    assert has_replayed("0/3000060", "0/3000060")
+    assert has_replayed("1/0", "0/FFFFFFFF")
+    assert not has_replayed("0/2FFFFFF", "0/3000060")
+    assert has_replayed("0-1-10,1-2-5", "0-1-9")
+    assert not has_replayed("0-1-10", "0-1-10,1-2-5")
+    assert not has_replayed(None, "0/1")
+
+
+def test_a_position_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="write_position"):
+        dbfleet.read_your_writes("default@0/1")
+    with pytest.raises(ValueError, match="write_position"):
+        dbfleet.read_your_writes('{"default": 7}')
+
+
+def test_write_position_names_what_the_scope_wrote() -> None:
+    with dbfleet.read_your_writes():
+        assert dbfleet.write_position() == "{}"
+        Author.objects.create(first_name="Ada")
+        position = dbfleet.write_position()
+    vendor = connections["default"].vendor
+    (value,) = __import__("json").loads(position).values()
+    if vendor == "postgresql":
+        assert "/" in value
+    else:
+        assert value == ""  # No replication position (SQLite, MariaDB without a binary log).
+    with dbfleet.read_your_writes(position):
+        # The mirror has everything; without a position the primary is the safe place.
+        assert read_author() == (["replica"] if value else ["default"])
+
+
+def view_writes(request: HttpRequest) -> HttpResponse:
+    Author.objects.create(first_name="Ada")
+    return HttpResponse("created")
+
+
+def view_reads(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(" ".join(read_author()))
+
+
+def respond(view: Callable[..., Any], cookies: dict[str, str]) -> HttpResponse:
+    incoming = RequestFactory().get("/")
+    incoming.COOKIES.update(cookies)
+    response: HttpResponse = ReadYourWritesMiddleware(view)(incoming)
+    return response
+
+
+def test_the_middleware_keeps_a_writer_on_the_primary_for_the_window() -> None:
+    response = respond(view_writes, {})
+    cookie = response.cookies["dbfleet_primary"]
+    assert cookie["max-age"] in (1, 2) and cookie["httponly"] and cookie["samesite"] == "Lax"
+    browser = {"dbfleet_primary": cookie.value}
+    assert respond(view_reads, browser).content == b"default"
+    assert "dbfleet_primary" not in respond(view_reads, browser).cookies  # Reads set none.
+    assert respond(view_reads, {}).content == b"replica"
+    tampered = {"dbfleet_primary": cookie.value.replace("default", "books__")}
+    assert respond(view_reads, tampered).content == b"replica"
+
+
+def test_the_cookie_expires_after_the_window() -> None:
+    with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
+        browser = {"dbfleet_primary": respond(view_writes, {}).cookies["dbfleet_primary"].value}
+        assert respond(view_reads, browser).content == b"default"
+        time.sleep(0.3)
+        assert respond(view_reads, browser).content == b"replica"
+
+
+def test_the_middleware_under_asgi() -> None:
+    def closing(view: Callable[[HttpRequest], HttpResponse]) -> Callable[..., Any]:
+        """``view`` run by a worker thread, which closes its connections after it."""
+
+        def run(request: HttpRequest) -> HttpResponse:
+            try:
+                return view(request)
+            finally:
+                connections.close_all()
+
+        return sync_to_async(run)
+
+    async def write(request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = await closing(view_writes)(request)
+        return response
+
+    async def read(request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = await closing(view_reads)(request)
+        return response
+
+    async def requests() -> tuple[HttpResponse, HttpResponse, HttpResponse]:
+        written = await ReadYourWritesMiddleware(write)(RequestFactory().get("/"))
+        incoming = RequestFactory().get("/")
+        incoming.COOKIES["dbfleet_primary"] = written.cookies["dbfleet_primary"].value
+        return (
+            written,
+            await ReadYourWritesMiddleware(read)(incoming),
+            await ReadYourWritesMiddleware(read)(RequestFactory().get("/")),
+        )
+
+    written, pinned, fresh = asyncio.run(requests())
+    assert (pinned.content, fresh.content) == (b"default", b"replica")
+    assert asyncio.iscoroutinefunction(ReadYourWritesMiddleware(read))
+
+
+def run_in_thread(work: Callable[[], Any]) -> Any:
+    return run_in_threads([work])[0]
+
+
+def run_in_threads(works: list[Callable[[], Any]]) -> list[Any]:
+    results: list[Any] = [None] * len(works)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = works[index]()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(works))]
+    for worker in threads:
+        worker.start()
+    for worker in threads:
+        worker.join()
+    return results
+
+
+class TestCaseWorks(TestCase):
+    """In a TestCase, the test's transaction is open on the primary: reads see its rows."""
+
+    databases = {"default", "replica", "books"}
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        Author.objects.create(first_name="Ada")
+
+    def test_reads_see_the_test_data(self) -> None:
+        assert read_author() == ["default"]
+        assert Author.objects.get().first_name == "Ada"
