@@ -9,16 +9,19 @@ matters against a real streaming replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from io import StringIO
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, TestCase, override_settings
@@ -278,7 +281,7 @@ def test_write_position_names_what_the_scope_wrote() -> None:
         Author.objects.create(first_name="Ada")
         position = dbfleet.write_position()
     vendor = connections["default"].vendor
-    (value,) = __import__("json").loads(position).values()
+    (value,) = json.loads(position).values()
     if vendor == "postgresql":
         assert "/" in value
     else:
@@ -286,6 +289,25 @@ def test_write_position_names_what_the_scope_wrote() -> None:
     with dbfleet.read_your_writes(position):
         # The mirror has everything; without a position the primary is the safe place.
         assert read_author() == (["replica"] if value else ["default"])
+
+
+def test_fleet_status_shows_each_replica() -> None:
+    output = StringIO()
+    call_command("fleet", "status", stdout=output)
+    assert "replica (replica of 'default'): reachable, lag 0.0 s" in output.getvalue()
+    output = StringIO()
+    call_command("fleet", "status", "--database", "books", format="json", stdout=output)
+    assert json.loads(output.getvalue())["replicas"] == []
+    output = StringIO()
+    call_command("fleet", "status", format="json", stdout=output)
+    (replica,) = json.loads(output.getvalue())["replicas"]
+    assert replica == {
+        "alias": "replica",
+        "primary": "default",
+        "reachable": True,
+        "lag": 0.0,
+        "problem": "",
+    }
 
 
 def view_writes(request: HttpRequest) -> HttpResponse:

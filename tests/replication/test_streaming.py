@@ -7,12 +7,15 @@ for as long as the pause lasts, so finding it proves where the read went.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
@@ -205,8 +208,25 @@ def test_a_stopped_replica_falls_back_to_the_primary_then_comes_back(clusters: A
             connections.close_all()
             time.sleep(0.6)  # Past the cool-down: the replica is tried, and refused.
             assert found("Ada") == (True, ["default"])
+            assert f"{REPLICA} (replica of 'default'): unreachable" in fleet_status()
         finally:
             replica.start("max_prepared_transactions=8")
         wait_for_replay()
         time.sleep(0.6)  # The cool-down the last refusal started.
         assert found("Ada") == (True, [REPLICA])
+        assert f"{REPLICA} (replica of 'default'): reachable" in fleet_status()
+
+
+def fleet_status() -> str:
+    output = StringIO()
+    call_command("fleet", "status", stdout=output)
+    return output.getvalue()
+
+
+def test_fleet_status_shows_the_lag(paused: None) -> None:
+    Author.objects.create(first_name="Ada", last_name="Lovelace")
+    time.sleep(0.3)
+    output = StringIO()
+    call_command("fleet", "status", format="json", stdout=output)
+    (replica,) = json.loads(output.getvalue())["replicas"]
+    assert replica["reachable"] is True and replica["lag"] >= 0.3

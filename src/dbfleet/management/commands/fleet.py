@@ -23,6 +23,7 @@ from dbfleet.migrating.lint import lint
 from dbfleet.migrating.plan import DatabasePlan, first_line, migratable_databases, plan
 from dbfleet.migrating.runner import Outcome, migrate_all
 from dbfleet.migrating.status import APPLIED, NOT_ROUTED, PENDING, status
+from dbfleet.replicas import ReplicaHealth, replica_health
 from dbfleet.routing import routes
 from dbfleet.two_phase import find_in_doubt, participants, recover
 
@@ -138,9 +139,10 @@ class Command(BaseCommand):
 
         status_parser = subcommands.add_parser(
             "status",
-            help="Show migrations x databases and tables that disagree with the records.",
+            help="Show migrations x databases, replica health and lag, in-doubt transactions.",
             description="A matrix of migrations x databases (applied, pending, not routed "
-            "here) and an audit of tables against the migration records and the routes.",
+            "here), an audit of tables against the migration records and the routes, each "
+            "replica's reachability and lag, and the in-doubt two-phase transactions.",
         )
         add_database_option(status_parser, "Only this database (repeatable).")
         status_parser.add_argument(
@@ -410,8 +412,27 @@ class Command(BaseCommand):
             for alias in capable
             if alias not in unreachable
         }
+        chosen = options["databases"]
+        replicas = [
+            health
+            for health in replica_health()
+            if not chosen or health.alias in chosen or health.primary in chosen
+        ]
         if format == "json":
-            document = {**dataclasses.asdict(result), "in_doubt": in_doubt}
+            document = {
+                **dataclasses.asdict(result),
+                "in_doubt": in_doubt,
+                "replicas": [
+                    {
+                        "alias": health.alias,
+                        "primary": health.primary,
+                        "reachable": health.reachable,
+                        "lag": health.lag,
+                        "problem": health.problem,
+                    }
+                    for health in replicas
+                ],
+            }
             self.stdout.write(json.dumps(document, indent=2))
             return
         for alias in result.databases:
@@ -432,6 +453,11 @@ class Command(BaseCommand):
                     else self.in_doubt_summary(in_doubt[alias])
                 )
                 self.stdout.write(f"{self.style.MIGRATE_HEADING(alias)}: {summary}")
+        for health in replicas:
+            self.stdout.write(
+                f"{self.style.MIGRATE_HEADING(health.alias)} (replica of {health.primary!r}): "
+                + self.replica_summary(health)
+            )
         reachable = [alias for alias in result.databases if alias not in result.errors]
         rows = [
             (label, states)
@@ -457,6 +483,13 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {item.database}: {item.model}: {item.problem}")
         else:
             self.stdout.write("\nAudit: every table is where its migrations and routes say.")
+
+    def replica_summary(self, health: ReplicaHealth) -> str:
+        if health.problem:
+            return self.style.ERROR(
+                f"{health.problem}; reads go to the other replicas or the primary"
+            )
+        return f"reachable, lag {health.lag:.1f} s"
 
     def in_doubt_summary(self, count: int) -> str:
         if not count:
