@@ -25,6 +25,7 @@ ROOT = HERE.parent
 BENCHMARKS = {
     "routing": "bench.routing",
     "migrate": "bench.migrate",
+    "replicas": "bench.replicas",
     "transactions": "bench.transactions",
 }
 

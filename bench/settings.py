@@ -28,6 +28,13 @@ DATABASES = {
         for primary in FLEET_PRIMARIES
     },
 }
+#: The replicas benchmark: a primary, its replica and a plain alias, all on one SQLite
+#: database in memory (shared cache), so every alias reads the same rows.
+SHOP = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": "file:dbfleet_bench_shop?mode=memory&cache=shared",
+}
+DATABASES.update({alias: dict(SHOP) for alias in ("shop", "shop_replica", "shop_plain")})
 #: The transactions benchmark's PostgreSQL databases (connected to only when it runs).
 POSTGRES_URL = os.environ.get(
     "DBFLEET_BENCH_POSTGRES_URL",

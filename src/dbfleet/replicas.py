@@ -409,46 +409,15 @@ def _close(connection: BaseDatabaseWrapper) -> None:
 
 def mark_down(alias: str, problem: str) -> None:
     """Skip replica ``alias`` for REPLICA_COOLDOWN seconds from now."""
-    health = next(
-        (h for group in READS.values() if group for h in group.replicas if h.alias == alias), None
-    )
-    if health is not None:
-        health.problem = f"unreachable: {problem}"
-        _skip(health, time.monotonic())
+    for reads in filter(None, READS.values()):
+        for health in reads.replicas:
+            if health.alias == alias:
+                health.problem = f"unreachable: {problem}"
+                _skip(health, time.monotonic())
+                reads.next_event = 0.0  # Rebuild the pool at the next read.
 
 
 # --- Choosing the database of a read ------------------------------------------------------
-
-
-class _ThreadConnections(threading.local):
-    """This thread's connection objects, by alias.
-
-    ``django.db.connections[alias]`` costs about 2 µs (asgiref's ``Local``);
-    the connection objects are per thread, so a thread-local cache returns the
-    same objects in a few nanoseconds.
-    """
-
-    def __init__(self) -> None:
-        self.by_alias: dict[str, BaseDatabaseWrapper] = {}
-        self.generation = _generation
-
-
-#: Bumped when the settings change, so every thread drops its cache.
-_generation = 0
-_THREAD = _ThreadConnections()
-
-
-def _connection(alias: str) -> BaseDatabaseWrapper:
-    local = _THREAD
-    if local.generation != _generation:
-        local.by_alias, local.generation = {}, _generation
-    try:
-        return local.by_alias[alias]
-    except KeyError:
-        connection = connections[alias]
-        if not _in_event_loop():  # There Django hands out other objects, per context.
-            local.by_alias[alias] = connection
-        return connection
 
 
 def _in_event_loop() -> bool:
@@ -457,7 +426,12 @@ def _in_event_loop() -> bool:
 
 
 class GroupReads:
-    """How reads of one group are routed: its replicas' health and the weighted choice."""
+    """How reads of one group are routed: its replicas' health and the weighted choice.
+
+    Built anew when the settings change. ``read()`` is on the path of every
+    ORM read, so its usual case (nothing pinned, no check due) is a handful of
+    attribute reads.
+    """
 
     def __init__(self, group: Group) -> None:
         self.primary = group.primary
@@ -469,17 +443,41 @@ class GroupReads:
         self.pool: tuple[ReplicaHealth, ...] = ()
         #: time.monotonic() of the next check or end of a cool-down.
         self.next_event = 0.0
+        # ``django.db.connections[alias]`` costs about 2 µs (asgiref's Local).
+        # Connection objects belong to a thread, so a thread-local cache gives
+        # the same objects for a few nanoseconds.
+        self._local = threading.local()
+
+    def connections(self) -> dict[str, BaseDatabaseWrapper]:
+        """This thread's connection objects for the group's databases."""
+        try:
+            found: dict[str, BaseDatabaseWrapper] = self._local.connections
+        except AttributeError:
+            aliases = (self.primary, *(health.alias for health in self.replicas))
+            found = {alias: connections[alias] for alias in aliases}
+            if not _in_event_loop():  # There Django hands out other objects, per context.
+                self._local.connections = found
+        return found
 
     def read(self) -> str:
         """The database for a read now, in the current scope."""
         state = _STATE.get()
-        if state.force is not REPLICA:
-            if state.force is PRIMARY or _connection(self.primary).in_atomic_block:
+        force = state.force
+        if force is PRIMARY:
+            return self.primary
+        found = self.connections()
+        if force is None:
+            if found[self.primary].in_atomic_block:
                 return self.primary
             writes = state.writes or _IMPLICIT.get()
-            pin = writes.pins.get(self.primary) if writes else None
-            if pin is not None:
-                return self._read_pinned(writes, pin)  # type: ignore[arg-type]
+            if writes is not None and self.primary in writes.pins:
+                return self._read_pinned(writes, writes.pins[self.primary])
+        if time.monotonic() < self.next_event:  # No check due, no cool-down ending.
+            pool = self.pool
+            if pool:
+                health = pool[0] if len(pool) == 1 else pool[int(random.random() * len(pool))]
+                if found[health.alias].connection is not None:
+                    return health.alias
         return self.replica() or self.primary
 
     def _read_pinned(self, writes: _Writes, pin: _Pin) -> str:
@@ -500,7 +498,7 @@ class GroupReads:
             self._refresh(now)
         pool = self.pool
         while pool:
-            health = pool[int(random.random() * len(pool))] if len(pool) > 1 else pool[0]
+            health = pool[0] if len(pool) == 1 else pool[int(random.random() * len(pool))]
             if self._usable(health, now) and (
                 position is None or self._has_replayed(health, position)
             ):
@@ -509,22 +507,22 @@ class GroupReads:
         return None
 
     def _usable(self, health: ReplicaHealth, now: float) -> bool:
+        connection = self.connections()[health.alias]
         if _in_event_loop():
             pass  # Called from async code: no query, no connection, what is known holds.
         elif now >= health.check_after:
             check(health, now)
-        elif _connection(health.alias).connection is None:
+            self._refresh(now)
+        elif connection.connection is None:
             # A new connection: connecting costs no query, and a refused one
             # is found here rather than in the caller's read.
             try:
-                _connection(health.alias).ensure_connection()
+                connection.ensure_connection()
             except DatabaseError as error:
                 health.problem = f"unreachable: {error}".strip()
                 _skip(health, now)
-        if health.down_until > now:
-            self._refresh(now)
-            return False
-        return True
+                self._refresh(now)
+        return health.down_until <= now
 
     def _has_replayed(self, health: ReplicaHealth, position: str) -> bool:
         if health.replayed is CURRENT or has_replayed(health.replayed, position):
@@ -532,17 +530,18 @@ class GroupReads:
         if _in_event_loop():
             return False
         try:  # One query on the replica: has it caught up since its last check?
-            health.replayed = measure(_connection(health.alias))[1]
+            health.replayed = measure(self.connections()[health.alias])[1]
         except DatabaseError:
             return False
         return health.replayed is CURRENT or has_replayed(health.replayed, position)
 
     def _refresh(self, now: float) -> None:
+        """Rebuild the pool and find the next moment something is due."""
         up = [health for health in self.replicas if health.down_until <= now]
         self.pool = tuple(health for health in up for _ in range(health.weight))
         self.next_event = min(
-            (health.down_until for health in self.replicas if health.down_until > now),
-            default=float("inf"),
+            (health.down_until if health.down_until > now else health.check_after)
+            for health in self.replicas
         )
 
 
@@ -567,10 +566,8 @@ READS = _Reads()
 
 @receiver(setting_changed)
 def _setting_changed(*, setting: str, **kwargs: Any) -> None:
-    global _generation
     if setting in {"DBFLEET", "DATABASES", "INSTALLED_APPS"}:
         READS.clear()
-        _generation += 1
 
 
 def replica_health() -> list[ReplicaHealth]:
@@ -593,7 +590,7 @@ def guard_replica(
 ) -> Any:
     """Execute wrapper of a replica: refuse writes; read from the primary if the replica died."""
     connection = context["connection"]
-    if sql.lstrip()[:8].upper().startswith(_WRITE_KEYWORDS):
+    if not sql.startswith("SELECT") and sql.lstrip()[:8].upper().startswith(_WRITE_KEYWORDS):
         primary = get_topology().primary_of(connection.alias)
         raise WriteToReplicaError(
             f"Refused a write to {connection.alias!r}, a replica of {primary!r}: replicas are "
