@@ -119,6 +119,8 @@ def test_demo_on_sqlite_files(tmp_path: Path) -> None:
         output
     )
     assert "The write guard said: A write on database 'books' ran outside" in output
+    reads = re.findall(r"-> read from '(\w+)'$", output, re.M)
+    assert reads == ["replica", "default", "default", "replica"]
     assert {alias: sqlite_counts(tmp_path / f"{alias}.sqlite3") for alias in ALIASES} == EXPECTED
 
 

@@ -198,7 +198,11 @@ def show_placement() -> None:
 
     from dbfleet import database_for
 
-    found = {alias: count_rows(alias) for alias in connections}
+    from dbfleet.conf import get_topology
+
+    # The replica stand-in is the default database itself: not counted twice.
+    primaries = [alias for alias in connections if not get_topology().is_replica(alias)]
+    found = {alias: count_rows(alias) for alias in primaries}
     for alias, counts in found.items():
         tables = "; ".join(
             f"{table}: {'no such table' if rows is None else f'{rows} rows'}"
@@ -253,6 +257,28 @@ def transactions() -> None:
     stray.delete()
 
 
+def replicas() -> None:
+    """Reads go to the replica, except where they must see a write."""
+    import dbfleet
+    from dbfleet.testing import capture_queries
+
+    Author = bookstore_model("Author")
+
+    def read_from() -> str:
+        with capture_queries() as queries:
+            Author.objects.count()
+        return ", ".join(queries.aliases)
+
+    with dbfleet.read_your_writes():  # One scope, as one request under the middleware.
+        print(f"Author.objects.count()                   -> read from {read_from()!r}")
+        with dbfleet.use_primary():
+            print(f"  inside dbfleet.use_primary()           -> read from {read_from()!r}")
+        Author.objects.filter(last_name="Austen").update(first_name="Jane")
+        print(f"  after a write in the same scope        -> read from {read_from()!r}")
+    with dbfleet.read_your_writes():
+        print(f"  in a new scope that has not written    -> read from {read_from()!r}")
+
+
 def main() -> None:
     """Run the demo's steps in order."""
     setup()
@@ -272,6 +298,8 @@ def main() -> None:
     show_placement()
     heading("6. A transaction over both databases")
     transactions()
+    heading("7. Reads from the replica, and reading your own writes")
+    replicas()
 
 
 if __name__ == "__main__":

@@ -203,16 +203,18 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
 def check_replica_mirrors(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """W001: in tests a replica should mirror its primary, as Django's TEST["MIRROR"] does."""
+    """W001: in tests a replica mirrors its primary (dbfleet sets TEST["MIRROR"] if unset)."""
     warnings: list[CheckMessage] = []
     for primary, replicas in fleet_settings().replicas.items():
         for replica in replicas:
             test_settings = settings.DATABASES[replica.alias].get("TEST") or {}
-            if test_settings.get("MIRROR") != primary:
+            mirror = test_settings.get("MIRROR")
+            if mirror != primary:
                 warnings.append(
                     Warning(
-                        f"Replica {replica.alias!r} does not mirror {primary!r} in tests: "
-                        "the test runner would create it as a separate, empty database.",
+                        f"Replica {replica.alias!r} mirrors {mirror!r} in tests, not its "
+                        f"primary {primary!r}: its reads in tests would not see the test data "
+                        "written to the primary.",
                         hint=f'Set DATABASES["{replica.alias}"]["TEST"] = '
                         f'{{"MIRROR": "{primary}"}}.',
                         obj="settings.DATABASES",

@@ -33,11 +33,19 @@ def database(alias: str) -> DBConfig:
 
 
 DATABASES = {"default": database("default"), "books": database("books")}
+# A stand-in for a streaming replica of "default": the same database, under another
+# alias, so that the demo can show where reads go without a second server.
+DATABASES["replica"] = dict(DATABASES["default"])
 
-# The whole router: Author is unrouted, so it stays in "default".
+# The whole router: Author is unrouted, so it stays in "default" (read from its replica).
 DATABASE_ROUTERS = ["dbfleet.Router"]
 # The write guard is on by itself when DEBUG is; the demo turns it on to show it.
-DBFLEET = {"ROUTES": {"books.Book": "books"}, "WRITE_GUARD": "warn"}
+DBFLEET = {
+    "ROUTES": {"books.Book": "books"},
+    "REPLICAS": {"default": ["replica"]},
+    "WRITE_GUARD": "warn",
+}
+MIDDLEWARE = ["dbfleet.replicas.ReadYourWritesMiddleware"]
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
