@@ -275,6 +275,16 @@ def test_a_position_that_is_not_one_is_refused() -> None:
         dbfleet.read_your_writes('{"default": 7}')
 
 
+def test_write_position_inside_the_transaction_is_refused() -> None:
+    with dbfleet.read_your_writes(), transaction.atomic():
+        Author.objects.create(first_name="Ada")
+        with pytest.raises(transaction.TransactionManagementError, match="on_commit"):
+            dbfleet.write_position()
+        transaction.on_commit(lambda: positions.append(dbfleet.write_position()))
+        positions: list[str] = []
+    assert list(json.loads(positions[0])) == ["default"]
+
+
 def test_write_position_names_what_the_scope_wrote() -> None:
     with dbfleet.read_your_writes():
         assert dbfleet.write_position() == "{}"
@@ -329,7 +339,8 @@ def respond(view: Callable[..., Any], cookies: dict[str, str]) -> HttpResponse:
 def test_the_middleware_keeps_a_writer_on_the_primary_for_the_window() -> None:
     response = respond(view_writes, {})
     cookie = response.cookies["dbfleet_primary"]
-    assert cookie["max-age"] in (1, 2) and cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert cookie["max-age"] == 2 and cookie["httponly"] and cookie["samesite"] == "Lax"
+    assert not cookie["secure"]  # Set over HTTPS only.
     browser = {"dbfleet_primary": cookie.value}
     assert respond(view_reads, browser).content == b"default"
     assert "dbfleet_primary" not in respond(view_reads, browser).cookies  # Reads set none.
@@ -340,7 +351,9 @@ def test_the_middleware_keeps_a_writer_on_the_primary_for_the_window() -> None:
 
 def test_the_cookie_expires_after_the_window() -> None:
     with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
-        browser = {"dbfleet_primary": respond(view_writes, {}).cookies["dbfleet_primary"].value}
+        cookie = respond(view_writes, {}).cookies["dbfleet_primary"]
+        assert cookie["max-age"] == 1  # Rounded up; the value carries the exact end.
+        browser = {"dbfleet_primary": cookie.value}
         assert respond(view_reads, browser).content == b"default"
         time.sleep(0.3)
         assert respond(view_reads, browser).content == b"replica"

@@ -197,7 +197,6 @@ def show_placement() -> None:
     from django.db import connections
 
     from dbfleet import database_for
-
     from dbfleet.conf import get_topology
 
     # The replica stand-in is the default database itself: not counted twice.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import random
 import threading
 import time
@@ -28,6 +29,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.core.signals import setting_changed
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.transaction import TransactionManagementError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponseBase
 
@@ -80,8 +82,9 @@ class _Pin:
 class _Writes:
     """The writes of one scope (a request, a task, a ``read_your_writes`` block).
 
-    Mutable on purpose: threads and tasks started inside a scope record their
-    writes in it, so the rest of the scope reads them.
+    Mutable on purpose: asyncio tasks started inside a scope, and threads that
+    run with a copy of its context (asgiref's ``sync_to_async`` does), record
+    their writes in it, so the rest of the scope reads them.
     """
 
     #: Pins end with the scope; outside any scope they last READ_YOUR_WRITES_WINDOW seconds.
@@ -194,13 +197,20 @@ def write_position() -> str:
     """Where this scope's writes reached on each primary, to hand to ``read_your_writes()``.
 
     An opaque string (JSON) that survives a task queue. It costs one query on
-    each primary written since the last call.
+    each primary written since the last call. Call it once the writes have
+    committed (after the ``atomic`` block, or in ``transaction.on_commit``).
     """
     writes = _STATE.get().writes or _IMPLICIT.get()
     positions: dict[str, str] = {}
     now = time.time()
     for primary, pin in (writes.pins if writes else {}).items():
         if pin.until > now:
+            if pin.wrote and connections[primary].in_atomic_block:
+                raise TransactionManagementError(
+                    f"write_position() inside a transaction on {primary!r}: the position "
+                    "would not cover its commit. Call it after the atomic block, or hand the "
+                    "task over in transaction.on_commit()."
+                )
             _settle_position(primary, pin)
             positions[primary] = pin.position or ""  # "": unknown, read from the primary.
     return json.dumps(positions, separators=(",", ":"), sort_keys=True)
@@ -670,7 +680,7 @@ class ReadYourWritesMiddleware:
         with _ReadYourWrites(None, pins_from_cookie(request)):
             writes = _scope_writes()
             response = self.get_response(request)
-            save_pins(writes, response)
+            save_pins(writes, request, response)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -678,7 +688,7 @@ class ReadYourWritesMiddleware:
             writes = _scope_writes()
             response = await self.get_response(request)
             if any(pin.wrote for pin in writes.pins.values()):
-                await sync_to_async(save_pins)(writes, response)
+                await sync_to_async(save_pins)(writes, request, response)
         return response
 
 
@@ -704,7 +714,7 @@ def pins_from_cookie(request: HttpRequest) -> dict[str, _Pin]:
         return {}
 
 
-def save_pins(writes: _Writes, response: HttpResponseBase) -> None:
+def save_pins(writes: _Writes, request: HttpRequest, response: HttpResponseBase) -> None:
     """Put this request's pins in the cookie when it wrote."""
     if not any(pin.wrote for pin in writes.pins.values()):
         return
@@ -717,16 +727,20 @@ def save_pins(writes: _Writes, response: HttpResponseBase) -> None:
     entries: dict[str, tuple[float, str | None]] = {}
     for primary, pin in writes.pins.items():
         if pin.wrote:
-            if config.read_your_writes == "position":
+            # Inside a transaction (one the middleware runs in) the position would
+            # not cover the commit: the pin then keeps to the primary instead.
+            if config.read_your_writes == "position" and not connections[primary].in_atomic_block:
                 _settle_position(primary, pin)
-            entries[primary] = (now + lifetime, pin.position)
+            entries[primary] = (now + lifetime, None if pin.wrote else pin.position)
         elif pin.until > now:
             entries[primary] = (pin.until, pin.position)
     response.set_signed_cookie(
         config.cookie,
         json.dumps(entries, separators=(",", ":")),
         salt=_COOKIE_SALT,
-        max_age=max(until for until, _ in entries.values()) - now,
+        # Whole seconds, rounded up: the entries carry their own expiry.
+        max_age=math.ceil(max(until for until, _ in entries.values()) - now),
+        secure=request.is_secure(),
         httponly=True,
         samesite="Lax",
     )

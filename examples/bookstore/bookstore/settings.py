@@ -35,7 +35,7 @@ def database(alias: str) -> DBConfig:
 DATABASES = {"default": database("default"), "books": database("books")}
 # A stand-in for a streaming replica of "default": the same database, under another
 # alias, so that the demo can show where reads go without a second server.
-DATABASES["replica"] = dict(DATABASES["default"])
+DATABASES["replica"] = DBConfig(**DATABASES["default"])
 
 # The whole router: Author is unrouted, so it stays in "default" (read from its replica).
 DATABASE_ROUTERS = ["dbfleet.Router"]
