@@ -124,7 +124,7 @@ def money() -> None:
 @pytest.fixture(autouse=True)
 def own_scope() -> Iterator[None]:
     """Each test is a read-your-writes scope: writes of earlier tests pin none of its reads."""
-    import dbfleet
+    from dbfleet.testing import fresh_scope
 
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         yield

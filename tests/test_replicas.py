@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from io import StringIO
 from typing import Any
@@ -28,14 +28,21 @@ from django.test import RequestFactory, TestCase, override_settings
 
 import dbfleet
 from dbfleet.replicas import (
+    _COOKIE_SALT as COOKIE_SALT,
+)
+from dbfleet.replicas import (
     READS,
     GroupReads,
     ReadYourWritesMiddleware,
+    _Pin,
+    _Writes,
     has_replayed,
+    is_write,
     note_write,
     read_preference,
+    save_pins,
 )
-from dbfleet.testing import capture_queries
+from dbfleet.testing import capture_queries, fresh_scope
 from dbfleet.topology import Group, Replica
 from tests.library.models import Author, Book
 from tests.settings import DBFLEET
@@ -60,7 +67,7 @@ def test_reads_go_to_the_replica_writes_to_the_primary() -> None:
     with capture_queries() as queries:
         Author.objects.create(first_name="Ada")
     assert queries.aliases == ["default"]
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert read_author() == ["replica"]
         assert Author.objects.get().first_name == "Ada"
 
@@ -75,7 +82,7 @@ def test_a_write_pins_the_rest_of_the_scope_to_the_primary() -> None:
     assert read_author() == ["replica"]
     Author.objects.create(first_name="Ada")
     assert read_author() == ["default"]
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert read_author() == ["replica"]  # A scope of its own: it has not written.
         Book.objects.create(content="x")
         assert read_author() == ["replica"]  # A write to another group pins nothing here.
@@ -100,6 +107,43 @@ def test_outside_any_scope_a_write_pins_for_the_window() -> None:
 
     with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
         assert run_in_thread(in_a_new_thread) == [["default"], ["replica"]]
+
+
+def test_nested_scopes_share_their_writes() -> None:
+    with fresh_scope():
+        Author.objects.create(first_name="Ada")
+        with dbfleet.read_your_writes():
+            assert read_author() == ["default"]  # The outer scope's write holds here.
+        with fresh_scope():
+            assert read_author() == ["replica"]  # A root scope starts afresh.
+    with fresh_scope():
+        with dbfleet.read_your_writes():
+            Author.objects.create(first_name="Grace")
+        assert read_author() == ["default"]  # The inner scope's write holds after it.
+    with fresh_scope():
+        with fresh_scope():
+            Author.objects.create(first_name="Grace")
+        assert read_author() == ["replica"]  # A root scope keeps its writes to itself.
+
+
+def test_reads_bound_to_an_instance_from_a_replica_still_follow_the_rules() -> None:
+    Author.objects.create(first_name="Ada")
+    with fresh_scope():
+        author = Author.objects.get()
+        assert author._state.db == "replica"
+        with capture_queries() as queries:
+            author.refresh_from_db()
+            with dbfleet.use_primary():
+                author.refresh_from_db()
+            with transaction.atomic():
+                author.refresh_from_db()
+            Author.objects.update(email="ada@example.com")
+            author.refresh_from_db()
+        reads_and_writes = [
+            query.alias for query in queries if query.sql.startswith(("SELECT", "UPDATE"))
+        ]  # Not SQLite's BEGIN.
+        assert reads_and_writes == ["replica", "default", "default", "default", "default"]
+        assert author.email == "ada@example.com"
 
 
 def test_a_transaction_on_the_primary_reads_from_the_primary() -> None:
@@ -171,7 +215,7 @@ def test_pins_never_leak_between_1000_concurrent_tasks_and_threads(
     slow_checks = override_settings(DBFLEET={**DBFLEET, "REPLICA_CHECK_INTERVAL": 600})
     slow_checks.enable()
     request.addfinalizer(slow_checks.disable)
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert read_author() == ["replica"]  # Checked and connected: the tasks make no query.
     scopes: list[tuple[Callable[[], AbstractContextManager[Any]], str | None]] = [
         (nullcontext, None),
@@ -184,7 +228,7 @@ def test_pins_never_leak_between_1000_concurrent_tasks_and_threads(
     async def task(number: int) -> None:
         scope, expected = scopes[number % 3]
         writes = number % 2 == 0  # Half of them write inside a scope of their own.
-        with dbfleet.read_your_writes(), scope():
+        with fresh_scope(), scope():
             for _ in range(3):
                 await asyncio.sleep(random.random() / 1000)
                 if writes:
@@ -221,7 +265,7 @@ def test_django_using_db_manager_and_instance_state_are_honoured() -> None:
         list(Author.objects.using("default"))
         list(Author.objects.db_manager("replica").all())
     assert queries.aliases == ["default", "replica"]
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         author = Author.objects.get()  # From the replica.
         assert author._state.db == "replica"
         with capture_queries() as queries:
@@ -242,6 +286,24 @@ def test_a_write_to_a_replica_is_refused_with_its_name() -> None:
     assert not Author.objects.using("default").exists()
 
 
+def test_writes_are_recognised_behind_comments() -> None:
+    assert is_write("/* tag */ UPDATE library_author SET email = ''")
+    assert is_write("-- note\nDELETE FROM library_author")
+    assert not is_write("/* tag */ SELECT 1")
+    assert is_write("/* unclosed")
+    for sql in ("/* tag */ DELETE FROM library_author", "CALL refresh_totals()"):
+        with pytest.raises(dbfleet.WriteToReplicaError), connections["replica"].cursor() as cursor:
+            cursor.execute(sql)
+
+
+def test_a_generator_function_cannot_be_decorated() -> None:
+    def rows() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator function"):
+        dbfleet.use_primary()(rows)
+
+
 def test_weights_share_the_reads() -> None:
     # "books" stands in for a second replica: the choice only needs a connection.
     reads = GroupReads(Group("default", (Replica("replica", 1), Replica("books", 3))))
@@ -252,7 +314,7 @@ def test_weights_share_the_reads() -> None:
 
 def test_no_healthy_replica_reads_from_the_primary() -> None:
     (health,) = READS["default"].replicas  # type: ignore[union-attr]
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert read_author() == ["replica"]
         health.down_until = time.monotonic() + 60
         READS["default"].next_event = 0  # type: ignore[union-attr]
@@ -276,7 +338,7 @@ def test_a_position_that_is_not_one_is_refused() -> None:
 
 
 def test_write_position_inside_the_transaction_is_refused() -> None:
-    with dbfleet.read_your_writes(), transaction.atomic():
+    with fresh_scope(), transaction.atomic():
         Author.objects.create(first_name="Ada")
         with pytest.raises(transaction.TransactionManagementError, match="on_commit"):
             dbfleet.write_position()
@@ -286,7 +348,7 @@ def test_write_position_inside_the_transaction_is_refused() -> None:
 
 
 def test_write_position_names_what_the_scope_wrote() -> None:
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert dbfleet.write_position() == "{}"
         Author.objects.create(first_name="Ada")
         position = dbfleet.write_position()
@@ -347,6 +409,45 @@ def test_the_middleware_keeps_a_writer_on_the_primary_for_the_window() -> None:
     assert respond(view_reads, {}).content == b"replica"
     tampered = {"dbfleet_primary": cookie.value.replace("default", "books__")}
     assert respond(view_reads, tampered).content == b"replica"
+
+
+def view_writes_then_reads(request: HttpRequest) -> HttpResponse:
+    Author.objects.create(first_name="Ada")
+    read_author()
+    return HttpResponse(dbfleet.write_position())
+
+
+@pytest.mark.parametrize("mode", ["time", "position"])
+def test_a_request_that_writes_then_reads_still_sets_the_cookie(mode: str) -> None:
+    with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES": mode}):
+        cookie = respond(view_writes_then_reads, {}).cookies["dbfleet_primary"]
+        # With a position, the test mirror has replayed it; without one, the primary reads.
+        has_position = mode == "position" and connections["default"].vendor == "postgresql"
+        expected = b"replica" if has_position else b"default"
+        assert respond(view_reads, {"dbfleet_primary": cookie.value}).content == expected
+
+
+def test_the_cookie_holds_what_the_request_wrote_and_what_still_holds() -> None:
+    now = time.time()
+    writes = _Writes(
+        explicit=True,
+        pins={
+            "default": _Pin(float("inf"), "0/1"),  # Handed over: not the browser's.
+            "books": _Pin(float("inf"), wrote=True, stale=True),  # Written now.
+            "loans": _Pin(now + 60, None),  # From the cookie, still holding.
+            "old": _Pin(now - 1, None),  # From the cookie, expired.
+        },
+        written={"books"},
+    )
+    response = HttpResponse()
+    save_pins(writes, RequestFactory().get("/", secure=True), response)
+    cookie = response.cookies["dbfleet_primary"]
+    assert cookie["max-age"] == 60 and cookie["secure"]
+    incoming = RequestFactory().get("/")
+    incoming.COOKIES["dbfleet_primary"] = cookie.value
+    entries = json.loads(str(incoming.get_signed_cookie("dbfleet_primary", salt=COOKIE_SALT)))
+    assert sorted(entries) == ["books", "loans"]
+    assert entries["books"][1] is None and 2 <= entries["books"][0] - now < 2.5
 
 
 def test_the_cookie_expires_after_the_window() -> None:

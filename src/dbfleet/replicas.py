@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,7 +45,7 @@ REPLICA = "replica"
 #: Statements that change data or schema, refused on a replica.
 _WRITE_KEYWORDS = (
     "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "TRUNCATE", "CREATE", "ALTER", "DROP",
-    "RENAME", "GRANT", "REVOKE", "COPY",
+    "RENAME", "GRANT", "REVOKE", "COPY", "CALL", "LOAD", "LOCK",
 )  # fmt: skip
 _COOKIE_SALT = "dbfleet.read_your_writes"
 #: First keywords of statements that change nothing: anything else counts as a write,
@@ -56,7 +58,16 @@ _NOT_WRITES = (
 
 def is_write(sql: str) -> bool:
     """Whether ``sql`` may change data (by its first keyword)."""
-    return not sql.lstrip().upper().startswith(_NOT_WRITES)
+    return not _first_words(sql).startswith(_NOT_WRITES)
+
+
+def _first_words(sql: str) -> str:
+    """The start of ``sql`` in capitals, after leading comments and blanks."""
+    sql = sql.lstrip()
+    while sql.startswith(("/*", "--")):
+        end = sql.find("*/") + 2 if sql.startswith("/*") else sql.find("\n") + 1
+        sql = sql[end:].lstrip() if end > 1 else ""
+    return sql[:16].upper()
 
 
 class WriteToReplicaError(DatabaseError):
@@ -74,8 +85,10 @@ class _Pin:
     until: float
     #: The primary's replication position the replica must have replayed; None: unknown.
     position: str | None = None
-    #: Written in this scope since the position was last read from the primary.
+    #: Set by a write (in this scope or the one it is nested in), not handed over.
     wrote: bool = False
+    #: Written to since ``position`` was read from the primary.
+    stale: bool = False
 
 
 @dataclass
@@ -90,6 +103,8 @@ class _Writes:
     #: Pins end with the scope; outside any scope they last READ_YOUR_WRITES_WINDOW seconds.
     explicit: bool
     pins: dict[str, _Pin] = field(default_factory=dict)
+    #: The primaries written in this very scope.
+    written: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,11 @@ class _Scope:
         _STATE.reset(token)
 
     def __call__(self, func: F) -> F:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"{func.__qualname__} is a generator function: the scope would end before "
+                "its body runs. Use the scope as a `with` block inside it."
+            )
         if iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -155,14 +175,34 @@ class _Force(_Scope):
 
 
 class _ReadYourWrites(_Scope):
-    def __init__(self, position: str | None, pins: Mapping[str, _Pin] | None = None) -> None:
+    """A read-your-writes scope.
+
+    Nested in another one it starts with the outer scope's pins and hands its
+    own writes back when it ends; a root scope (a request, ``fresh_scope()``)
+    starts from nothing and keeps its writes to itself.
+    """
+
+    def __init__(
+        self, position: str | None, pins: Mapping[str, _Pin] | None = None, nested: bool = True
+    ) -> None:
         self.pins = {} if pins is None else dict(pins)
         for primary, value in _parse_position(position).items():
             self.pins[primary] = _Pin(float("inf"), value or None)
+        self.nested = nested
 
     def state(self, current: _State) -> _State:
         pins = {primary: _Pin(pin.until, pin.position) for primary, pin in self.pins.items()}
+        if self.nested and current.writes is not None:
+            for primary, pin in current.writes.pins.items():
+                pins.setdefault(primary, _Pin(pin.until, pin.position, pin.wrote, pin.stale))
         return _State(current.force, _Writes(explicit=True, pins=pins))
+
+    def __exit__(self, *exc_info: object) -> None:
+        inner = _STATE.get().writes
+        super().__exit__(*exc_info)
+        if self.nested and inner is not None and _STATE.get().writes is not None:
+            for primary in inner.written:
+                note_write(primary)
 
 
 def use_primary() -> _Scope:
@@ -205,7 +245,7 @@ def write_position() -> str:
     now = time.time()
     for primary, pin in (writes.pins if writes else {}).items():
         if pin.until > now:
-            if pin.wrote and connections[primary].in_atomic_block:
+            if pin.stale and connections[primary].in_atomic_block:
                 raise TransactionManagementError(
                     f"write_position() inside a transaction on {primary!r}: the position "
                     "would not cover its commit. Call it after the atomic block, or hand the "
@@ -235,9 +275,9 @@ def _parse_position(position: str | None) -> dict[str, str]:
 
 def _settle_position(primary: str, pin: _Pin) -> None:
     """Read the primary's position for a pin written since it was last read."""
-    if pin.wrote:
+    if pin.stale:
         pin.position = primary_position(primary)
-        pin.wrote = False
+        pin.stale = False
 
 
 def note_write(primary: str) -> None:
@@ -247,12 +287,13 @@ def note_write(primary: str) -> None:
         writes = _Writes(explicit=False)
         _IMPLICIT.set(writes)
     until = float("inf") if writes.explicit else time.time() + _window()
+    writes.written.add(primary)
     pin = writes.pins.get(primary)
     if pin is None:
-        writes.pins[primary] = _Pin(until, wrote=True)
+        writes.pins[primary] = _Pin(until, wrote=True, stale=True)
     else:
         pin.until = max(pin.until, until)
-        pin.wrote = True
+        pin.wrote = pin.stale = True
 
 
 def _window() -> float:
@@ -265,21 +306,31 @@ def _window() -> float:
 def primary_position(alias: str) -> str | None:
     """The primary's current replication position (WAL LSN, GTID), or None if it has none."""
     connection = connections[alias]
-    if connection.vendor not in ("postgresql", "mysql"):
-        return None
+    if connection.vendor != "postgresql" and not _is_mariadb(connection):
+        return None  # SQLite has none; MySQL's GTID sets are not compared (yet).
     query = (
-        "SELECT pg_current_wal_lsn()::text"
+        "SELECT pg_current_wal_insert_lsn()::text"
         if connection.vendor == "postgresql"
         else "SELECT @@GLOBAL.gtid_binlog_pos"
     )
+    with _own_query(), connection.cursor() as cursor:
+        cursor.execute(query)
+        value = cursor.fetchone()[0]
+    return value or None  # MariaDB without a binary log has no GTIDs.
+
+
+@contextmanager
+def _own_query() -> Iterator[None]:
+    """Mark the queries run inside as dbfleet's own."""
     token = OWN_QUERY.set(True)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(query)
-            value = cursor.fetchone()[0]
+        yield
     finally:
         OWN_QUERY.reset(token)
-    return value or None  # MariaDB without a binary log has no GTIDs.
+
+
+def _is_mariadb(connection: BaseDatabaseWrapper) -> bool:
+    return connection.vendor == "mysql" and bool(connection.mysql_is_mariadb)  # type: ignore[attr-defined]
 
 
 def _position_key(position: str) -> dict[str, int]:
@@ -335,7 +386,10 @@ class ReplicaHealth:
 def _check_postgresql(cursor: Any) -> tuple[float, str | None, bool]:
     cursor.execute(
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-        "pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn(), "
+        # Behind: WAL received but not replayed, or no WAL coming in at all (the
+        # receiver is not running, so nothing says the replica is current).
+        "pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() "
+        "OR NOT EXISTS (SELECT FROM pg_stat_wal_receiver), "
         "COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)"
     )
     recovering, replayed, behind, since_replay = cursor.fetchone()
@@ -345,16 +399,20 @@ def _check_postgresql(cursor: Any) -> tuple[float, str | None, bool]:
 
 
 def _check_mysql(cursor: Any) -> tuple[float, str | None, bool]:
-    cursor.execute("SHOW SLAVE STATUS")
+    # MariaDB 10.5+ and MySQL 8.0.22+; MySQL names the lag column after the source.
+    cursor.execute("SHOW REPLICA STATUS")
     row = cursor.fetchone()
     if row is None:
         return 0.0, CURRENT, False
     status = dict(zip((column[0] for column in cursor.description), row, strict=True))
-    lag = status.get("Seconds_Behind_Master")
-    if lag is None:
-        raise DatabaseError(f"replication is not running: {status.get('Last_Error') or 'stopped'}")
-    cursor.execute("SELECT @@GLOBAL.gtid_slave_pos")
-    return float(lag), cursor.fetchone()[0] or None, lag > 0
+    lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
+    if lag is None:  # Replication is not running.
+        return float("inf"), None, True
+    replayed = None
+    if "Gtid_IO_Pos" in status:  # MariaDB
+        cursor.execute("SELECT @@GLOBAL.gtid_slave_pos")
+        replayed = cursor.fetchone()[0] or None
+    return float(lag), replayed, lag > 0
 
 
 _CHECKS: Mapping[str, Callable[[Any], tuple[float, str | None, bool]]] = {
@@ -369,12 +427,8 @@ def measure(connection: BaseDatabaseWrapper) -> tuple[float, str | None, bool]:
     if check is None:
         connection.ensure_connection()
         return 0.0, CURRENT, False
-    token = OWN_QUERY.set(True)
-    try:
-        with connection.cursor() as cursor:
-            return check(cursor)
-    finally:
-        OWN_QUERY.reset(token)
+    with _own_query(), connection.cursor() as cursor:
+        return check(cursor)
 
 
 def check(health: ReplicaHealth, now: float) -> None:
@@ -393,9 +447,16 @@ def check(health: ReplicaHealth, now: float) -> None:
     # A replica is only lagging if it was behind at two checks in a row: right
     # after an idle spell, "now - last replayed commit" is large for a moment
     # even on a replica that is milliseconds behind.
-    lagging = behind and health.behind and lag > seconds["MAX_LAG"]
-    health.lag, health.replayed, health.behind = lag, replayed, behind
-    health.problem = f"lags {lag:.1f} s (MAX_LAG {seconds['MAX_LAG']:g} s)" if lagging else ""
+    stopped = lag == float("inf")
+    lagging = behind and (health.behind or stopped) and lag > seconds["MAX_LAG"]
+    health.lag, health.replayed, health.behind = (None if stopped else lag), replayed, behind
+    health.problem = ""
+    if lagging:
+        health.problem = (
+            "replication is not running"
+            if stopped
+            else f"lags {lag:.1f} s (MAX_LAG {seconds['MAX_LAG']:g} s)"
+        )
     if lagging:
         _skip(health, now)
     else:
@@ -404,8 +465,8 @@ def check(health: ReplicaHealth, now: float) -> None:
 
 def _skip(health: ReplicaHealth, now: float) -> None:
     cooldown = fleet_settings().seconds["REPLICA_COOLDOWN"]
-    health.down_until = now + cooldown
-    health.check_after = max(health.check_after, health.down_until)
+    # Checked again as soon as the cool-down ends, before any read goes there.
+    health.down_until = health.check_after = now + cooldown
 
 
 def _close(connection: BaseDatabaseWrapper) -> None:
@@ -419,12 +480,12 @@ def _close(connection: BaseDatabaseWrapper) -> None:
 
 def mark_down(alias: str, problem: str) -> None:
     """Skip replica ``alias`` for REPLICA_COOLDOWN seconds from now."""
-    for reads in filter(None, READS.values()):
-        for health in reads.replicas:
-            if health.alias == alias:
-                health.problem = f"unreachable: {problem}"
-                _skip(health, time.monotonic())
-                reads.next_event = 0.0  # Rebuild the pool at the next read.
+    for reads in filter(None, list(READS.values())):
+        health = reads.by_alias.get(alias)
+        if health is not None:
+            health.problem = f"unreachable: {problem}"
+            _skip(health, time.monotonic())
+            reads.next_event = 0.0  # Rebuild the pool at the next read.
 
 
 # --- Choosing the database of a read ------------------------------------------------------
@@ -449,6 +510,7 @@ class GroupReads:
             ReplicaHealth(replica.alias, group.primary, replica.weight)
             for replica in group.replicas
         )
+        self.by_alias = {health.alias: health for health in self.replicas}
         #: The replicas not skipped, each repeated by its weight.
         self.pool: tuple[ReplicaHealth, ...] = ()
         #: time.monotonic() of the next check or end of a cool-down.
@@ -485,14 +547,34 @@ class GroupReads:
         if time.monotonic() < self.next_event:  # No check due, no cool-down ending.
             pool = self.pool
             if pool:
-                health = pool[0] if len(pool) == 1 else pool[int(random.random() * len(pool))]
+                health = _pick(pool)
                 if found[health.alias].connection is not None:
                     return health.alias
         return self.replica() or self.primary
 
+    def read_bound(self, db: str) -> str:
+        """The database for a read bound to an instance read from ``db`` (of this group).
+
+        It stays there, unless the scope's reads must go to the primary (or to a
+        replica that has replayed its writes), or that replica is skipped now.
+        """
+        if db == self.primary:
+            return db
+        state = _STATE.get()
+        if state.force is not PRIMARY:
+            writes = state.writes or _IMPLICIT.get()
+            free = state.force is REPLICA or not (
+                self.connections()[self.primary].in_atomic_block
+                or (writes is not None and self.primary in writes.pins)
+            )
+            health = self.by_alias.get(db)
+            if free and (health is None or health.down_until <= time.monotonic()):
+                return db
+        return self.read()
+
     def _read_pinned(self, writes: _Writes, pin: _Pin) -> str:
         if pin.until <= time.time():
-            del writes.pins[self.primary]
+            writes.pins.pop(self.primary, None)
             return self.replica() or self.primary
         if pin.wrote and (fleet_settings().read_your_writes != "position" or _in_event_loop()):
             return self.primary
@@ -508,7 +590,7 @@ class GroupReads:
             self._refresh(now)
         pool = self.pool
         while pool:
-            health = pool[0] if len(pool) == 1 else pool[int(random.random() * len(pool))]
+            health = _pick(pool)
             if self._usable(health, now) and (
                 position is None or self._has_replayed(health, position)
             ):
@@ -549,10 +631,13 @@ class GroupReads:
         """Rebuild the pool and find the next moment something is due."""
         up = [health for health in self.replicas if health.down_until <= now]
         self.pool = tuple(health for health in up for _ in range(health.weight))
-        self.next_event = min(
-            (health.down_until if health.down_until > now else health.check_after)
-            for health in self.replicas
-        )
+        # A skipped replica's next check is when its cool-down ends (see _skip).
+        self.next_event = min(health.check_after for health in self.replicas)
+
+
+def _pick(pool: tuple[ReplicaHealth, ...]) -> ReplicaHealth:
+    """One replica of the pool, where each is repeated by its weight."""
+    return pool[0] if len(pool) == 1 else pool[int(random.random() * len(pool))]
 
 
 class _Reads(dict[str | None, GroupReads | None]):
@@ -565,7 +650,7 @@ class _Reads(dict[str | None, GroupReads | None]):
         group = topology.groups.get(alias)
         reads = None
         if group is not None and group.replicas:
-            known = (found for found in self.values() if found and found.primary == alias)
+            known = (found for found in list(self.values()) if found and found.primary == alias)
             reads = next(known, None) or GroupReads(group)
         self[answer] = reads
         return reads
@@ -580,13 +665,17 @@ def _setting_changed(*, setting: str, **kwargs: Any) -> None:
         READS.clear()
 
 
-def replica_health() -> list[ReplicaHealth]:
-    """Check every replica now and return what was found."""
+def replica_health(aliases: Iterable[str] = ()) -> list[ReplicaHealth]:
+    """Check the replicas (those of ``aliases``, or every one) now; return what was found."""
+    chosen = set(aliases)
     now = time.monotonic()
     found = []
     for group in get_topology().groups.values():
         for replica in group.replicas:
-            health = ReplicaHealth(replica.alias, group.primary, replica.weight)
+            if chosen and not chosen & {replica.alias, group.primary}:
+                continue
+            # One check, with no earlier one to confirm a lag: count it (behind=True).
+            health = ReplicaHealth(replica.alias, group.primary, replica.weight, behind=True)
             check(health, now)
             found.append(health)
     return found
@@ -600,7 +689,7 @@ def guard_replica(
 ) -> Any:
     """Execute wrapper of a replica: refuse writes; read from the primary if the replica died."""
     connection = context["connection"]
-    if not sql.startswith("SELECT") and sql.lstrip()[:8].upper().startswith(_WRITE_KEYWORDS):
+    if not sql.startswith("SELECT") and _first_words(sql).startswith(_WRITE_KEYWORDS):
         primary = get_topology().primary_of(connection.alias)
         raise WriteToReplicaError(
             f"Refused a write to {connection.alias!r}, a replica of {primary!r}: replicas are "
@@ -610,7 +699,13 @@ def guard_replica(
     try:
         return execute(sql, params, many, context)
     except DatabaseError as error:
-        if many or OWN_QUERY.get() or connection.in_atomic_block or _usable_connection(connection):
+        if (
+            many
+            or is_write(sql)  # Only a statement known to read is run again elsewhere.
+            or OWN_QUERY.get()
+            or connection.in_atomic_block
+            or _usable_connection(connection)
+        ):
             raise
         # The server went away under an open connection: skip the replica and
         # answer this read from the primary, on the caller's cursor.
@@ -620,7 +715,6 @@ def guard_replica(
         fallback = connections[primary].cursor()
         result = fallback.execute(sql, params)
         context["cursor"].cursor = fallback.cursor
-        context["dbfleet_handed_to"] = primary
         return result
 
 
@@ -677,17 +771,17 @@ class ReadYourWritesMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        with _ReadYourWrites(None, pins_from_cookie(request)):
+        with _ReadYourWrites(None, pins_from_cookie(request), nested=False):
             writes = _scope_writes()
             response = self.get_response(request)
             save_pins(writes, request, response)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        with _ReadYourWrites(None, pins_from_cookie(request)):
+        with _ReadYourWrites(None, pins_from_cookie(request), nested=False):
             writes = _scope_writes()
             response = await self.get_response(request)
-            if any(pin.wrote for pin in writes.pins.values()):
+            if writes.written:  # Else no thread hop.
                 await sync_to_async(save_pins)(writes, request, response)
         return response
 
@@ -716,23 +810,24 @@ def pins_from_cookie(request: HttpRequest) -> dict[str, _Pin]:
 
 def save_pins(writes: _Writes, request: HttpRequest, response: HttpResponseBase) -> None:
     """Put this request's pins in the cookie when it wrote."""
-    if not any(pin.wrote for pin in writes.pins.values()):
+    if not writes.written:
         return
     config = fleet_settings()
     now = time.time()
     lifetime = config.seconds["READ_YOUR_WRITES_WINDOW"]
-    if config.read_your_writes == "position":
-        # A replica that is further behind than MAX_LAG is not used.
+    by_position = config.read_your_writes == "position"
+    if by_position:  # Past MAX_LAG, a replica that has not replayed the write is skipped.
         lifetime = max(lifetime, config.seconds["MAX_LAG"])
     entries: dict[str, tuple[float, str | None]] = {}
     for primary, pin in writes.pins.items():
-        if pin.wrote:
+        if primary in writes.written:
             # Inside a transaction (one the middleware runs in) the position would
             # not cover the commit: the pin then keeps to the primary instead.
-            if config.read_your_writes == "position" and not connections[primary].in_atomic_block:
+            if by_position and not connections[primary].in_atomic_block:
                 _settle_position(primary, pin)
-            entries[primary] = (now + lifetime, None if pin.wrote else pin.position)
-        elif pin.until > now:
+            position = pin.position if by_position and not pin.stale else None
+            entries[primary] = (now + lifetime, position)
+        elif now < pin.until < float("inf"):  # From the cookie, still holding.
             entries[primary] = (pin.until, pin.position)
     response.set_signed_cookie(
         config.cookie,

@@ -24,15 +24,16 @@ class Router:
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
         reads = READS[alias]
+        if reads is None:
+            return alias
         if hints:
             # Related objects are read where their instance was read, as in Django
             # without routers, as long as that database is in the model's group.
             instance = hints.get("instance")
             db: str | None = instance._state.db if instance is not None else None
-            home = alias if reads is None else reads.primary
-            if db is not None and home is not None and get_topology().same_group(db, home):
-                return db
-        return alias if reads is None else reads.read()
+            if db is not None and get_topology().same_group(db, reads.primary):
+                return reads.read_bound(db)
+        return reads.read()
 
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
         instance = hints.get("instance") if hints else None

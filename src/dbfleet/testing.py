@@ -1,4 +1,4 @@
-"""Test helpers: see where each query went."""
+"""Test helpers: see where each query went; start a scope afresh."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db import connections
 
-from dbfleet.replicas import OWN_QUERY
+from dbfleet.replicas import OWN_QUERY, _ReadYourWrites, _Scope
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,10 @@ def capture_queries() -> Iterator[Queries]:
         ) -> Any:
             result = execute(sql, params, many, context)
             connection = context["connection"]
-            # A read a dead replica handed over is recorded where it ran. Left
-            # out: dbfleet's own health and position queries, and what a new
+            # Left out: dbfleet's own health and position queries, and what a new
             # connection runs to set itself up (MySQL's SET SESSION ...).
-            if (
-                "dbfleet_handed_to" not in context
-                and not OWN_QUERY.get()
-                and getattr(connection, "dbfleet_ready", None) is connection.connection
+            if not OWN_QUERY.get() and getattr(connection, "dbfleet_ready", None) is (
+                connection.connection
             ):
                 captured.append(Query(alias, sql))
             return result
@@ -67,3 +64,12 @@ def capture_queries() -> Iterator[Queries]:
         for connection in connections.all():
             stack.enter_context(connection.execute_wrapper(record(connection.alias)))
         yield captured
+
+
+def fresh_scope() -> _Scope:
+    """A read-your-writes scope that inherits no pin, as a new request or task would start.
+
+    Use it around each test, so that one test's writes pin none of the next
+    test's reads, and inside a test to play "another user".
+    """
+    return _ReadYourWrites(None, nested=False)

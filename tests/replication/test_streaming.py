@@ -22,7 +22,7 @@ from django.test import RequestFactory, override_settings
 
 import dbfleet
 from dbfleet.replicas import ReadYourWritesMiddleware
-from dbfleet.testing import capture_queries
+from dbfleet.testing import capture_queries, fresh_scope
 from tests.library.models import Author
 from tests.settings import DBFLEET, REPLICA
 
@@ -94,7 +94,7 @@ def test_reads_go_to_the_replica_and_writes_to_the_primary() -> None:
     assert queries.aliases == ["default"]
     wait_for_replay()
     assert on_replica("SELECT pg_is_in_recovery()") is True
-    with dbfleet.read_your_writes():  # A new scope: it has not written.
+    with fresh_scope():  # A new scope: it has not written.
         assert found("Ada") == (True, [REPLICA])
 
 
@@ -105,10 +105,10 @@ def test_the_replica_really_is_behind_while_paused(paused: None) -> None:
 
 
 def test_a_read_after_a_write_in_the_same_scope_sees_it(paused: None) -> None:
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         Author.objects.create(first_name="Ada", last_name="Lovelace")
         assert found("Ada") == (True, ["default"])
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         assert found("Ada") == (False, [REPLICA])  # Another scope, which did not write.
 
 
@@ -166,7 +166,7 @@ def run_in_thread(task: Callable[[], Any]) -> Any:
 
 
 def test_a_background_task_with_the_position_reads_the_write(paused: None) -> None:
-    with dbfleet.read_your_writes():
+    with fresh_scope():
         Author.objects.create(first_name="Ada", last_name="Lovelace")
         position = dbfleet.write_position()
     assert position.startswith('{"default":"')
@@ -185,7 +185,7 @@ def test_a_background_task_with_the_position_reads_the_write(paused: None) -> No
 def test_a_replica_that_lags_more_than_max_lag_is_skipped(paused: None) -> None:
     with override_settings(DBFLEET={**FAST, "MAX_LAG": 0.2}):
         Author.objects.create(first_name="Ada", last_name="Lovelace")
-        with dbfleet.read_your_writes():
+        with fresh_scope():
             deadline = time.monotonic() + 5
             # Behind at two checks in a row and more than MAX_LAG: skipped.
             while found("Ada") != (True, ["default"]):
@@ -201,7 +201,7 @@ def test_a_replica_stopped_under_an_open_connection(clusters: Any) -> None:
     _, replica = clusters
     Author.objects.create(first_name="Ada", last_name="Lovelace")
     wait_for_replay()
-    with override_settings(DBFLEET=SLOW_CHECKS), dbfleet.read_your_writes():
+    with override_settings(DBFLEET=SLOW_CHECKS), fresh_scope():
         assert found("Ada") == (True, [REPLICA])  # Checked, and the connection is open.
         replica.stop("immediate")
         try:
@@ -222,7 +222,7 @@ def test_a_replica_stopped_between_requests(clusters: Any) -> None:
     _, replica = clusters
     Author.objects.create(first_name="Ada", last_name="Lovelace")
     wait_for_replay()
-    with override_settings(DBFLEET=SLOW_CHECKS), dbfleet.read_your_writes():
+    with override_settings(DBFLEET=SLOW_CHECKS), fresh_scope():
         assert found("Ada") == (True, [REPLICA])
         connections.close_all()  # As at the end of a request.
         replica.stop("immediate")

@@ -412,12 +412,7 @@ class Command(BaseCommand):
             for alias in capable
             if alias not in unreachable
         }
-        chosen = options["databases"]
-        replicas = [
-            health
-            for health in replica_health()
-            if not chosen or health.alias in chosen or health.primary in chosen
-        ]
+        replicas = replica_health(options["databases"] or ())
         if format == "json":
             document = {
                 **dataclasses.asdict(result),
