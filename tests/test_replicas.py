@@ -46,6 +46,7 @@ from dbfleet.testing import capture_queries, fresh_scope
 from dbfleet.topology import Group, Replica
 from tests.library.models import Author, Book
 from tests.settings import DBFLEET
+from tests.threads import run_in_thread, run_in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -493,27 +494,6 @@ def test_the_middleware_under_asgi() -> None:
     written, pinned, fresh = asyncio.run(requests())
     assert (pinned.content, fresh.content) == (b"default", b"replica")
     assert asyncio.iscoroutinefunction(ReadYourWritesMiddleware(read))
-
-
-def run_in_thread(work: Callable[[], Any]) -> Any:
-    return run_in_threads([work])[0]
-
-
-def run_in_threads(works: list[Callable[[], Any]]) -> list[Any]:
-    results: list[Any] = [None] * len(works)
-
-    def run(index: int) -> None:
-        try:
-            results[index] = works[index]()
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(works))]
-    for worker in threads:
-        worker.start()
-    for worker in threads:
-        worker.join()
-    return results
 
 
 class TestCaseWorks(TestCase):

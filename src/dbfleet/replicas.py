@@ -534,48 +534,46 @@ class GroupReads:
     def read(self) -> str:
         """The database for a read now, in the current scope."""
         state = _STATE.get()
-        force = state.force
-        if force is PRIMARY:
-            return self.primary
-        found = self.connections()
-        if force is None:
-            if found[self.primary].in_atomic_block:
-                return self.primary
-            writes = state.writes or _IMPLICIT.get()
-            if writes is not None and self.primary in writes.pins:
-                return self._read_pinned(writes, writes.pins[self.primary])
-        if time.monotonic() < self.next_event:  # No check due, no cool-down ending.
-            pool = self.pool
-            if pool:
-                health = _pick(pool)
-                if found[health.alias].connection is not None:
-                    return health.alias
+        ruled = None if state.force is REPLICA else self._ruled(state)
+        if ruled is not None:
+            return ruled
+        pool = self.pool
+        if pool and time.monotonic() < self.next_event:
+            # The usual case: no check due, no cool-down ending, the connection open.
+            alias = _pick(pool).alias
+            if self.connections()[alias].connection is not None:
+                return alias
         return self.replica() or self.primary
 
     def read_bound(self, db: str) -> str:
         """The database for a read bound to an instance read from ``db`` (of this group).
 
-        It stays there, unless the scope's reads must go to the primary (or to a
-        replica that has replayed its writes), or that replica is skipped now.
+        It stays there, unless the scope's rules decide, or that replica is skipped now.
         """
         if db == self.primary:
             return db
         state = _STATE.get()
-        if state.force is not PRIMARY:
-            writes = state.writes or _IMPLICIT.get()
-            free = state.force is REPLICA or not (
-                self.connections()[self.primary].in_atomic_block
-                or (writes is not None and self.primary in writes.pins)
-            )
-            health = self.by_alias.get(db)
-            if free and (health is None or health.down_until <= time.monotonic()):
-                return db
-        return self.read()
+        ruled = None if state.force is REPLICA else self._ruled(state)
+        if ruled is not None:
+            return ruled
+        health = self.by_alias.get(db)
+        if health is None or health.down_until <= time.monotonic():
+            return db
+        return self.replica() or self.primary
 
-    def _read_pinned(self, writes: _Writes, pin: _Pin) -> str:
+    def _ruled(self, state: _State) -> str | None:
+        """Where the scope sends the read (``use_primary``, a transaction, a pin), or None."""
+        if state.force is PRIMARY or self.connections()[self.primary].in_atomic_block:
+            return self.primary
+        writes = state.writes or _IMPLICIT.get()
+        if writes is None or not writes.pins:
+            return None
+        pin = writes.pins.get(self.primary)
+        if pin is None:
+            return None
         if pin.until <= time.time():
             writes.pins.pop(self.primary, None)
-            return self.replica() or self.primary
+            return None
         if pin.wrote and (fleet_settings().read_your_writes != "position" or _in_event_loop()):
             return self.primary
         _settle_position(self.primary, pin)

@@ -8,7 +8,6 @@ for as long as the pause lasts, so finding it proves where the read went.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from io import StringIO
@@ -25,6 +24,7 @@ from dbfleet.replicas import ReadYourWritesMiddleware
 from dbfleet.testing import capture_queries, fresh_scope
 from tests.library.models import Author
 from tests.settings import DBFLEET, REPLICA
+from tests.threads import run_in_thread
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -147,22 +147,6 @@ def test_the_next_request_inside_the_window_sees_the_write(paused: None, mode: s
         else:
             time.sleep(1.1)  # READ_YOUR_WRITES_WINDOW is 1 s here.
             assert request(view_reads, "Ada", browser).content == b"False " + REPLICA.encode()
-
-
-def run_in_thread(task: Callable[[], Any]) -> Any:
-    """Run ``task`` in a new thread, as a worker would, and return its result."""
-    results: list[Any] = []
-
-    def work() -> None:
-        try:
-            results.append(task())
-        finally:
-            connections.close_all()
-
-    worker = threading.Thread(target=work)
-    worker.start()
-    worker.join()
-    return results[0]
 
 
 def test_a_background_task_with_the_position_reads_the_write(paused: None) -> None:
