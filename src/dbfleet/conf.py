@@ -76,10 +76,6 @@ class FleetSettings:
     )
     problems: tuple[CheckMessage, ...] = ()
 
-    @property
-    def recovery_grace(self) -> float:
-        return self.seconds["RECOVERY_GRACE"]
-
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """``" Did you mean 'x'?"`` for a close match, else ``""``."""

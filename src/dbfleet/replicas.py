@@ -450,17 +450,14 @@ def check(health: ReplicaHealth, now: float) -> None:
     stopped = lag == float("inf")
     lagging = behind and (health.behind or stopped) and lag > seconds["MAX_LAG"]
     health.lag, health.replayed, health.behind = (None if stopped else lag), replayed, behind
-    health.problem = ""
+    health.problem, health.down_until = "", 0.0
     if lagging:
         health.problem = (
             "replication is not running"
             if stopped
             else f"lags {lag:.1f} s (MAX_LAG {seconds['MAX_LAG']:g} s)"
         )
-    if lagging:
         _skip(health, now)
-    else:
-        health.down_until = 0.0
 
 
 def _skip(health: ReplicaHealth, now: float) -> None:

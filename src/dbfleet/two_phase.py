@@ -673,7 +673,7 @@ def find_in_doubt(aliases: Sequence[str] | None = None) -> tuple[list[Prepared],
 
 def recover(grace: float | None = None, dry_run: bool = False) -> Recovery:
     """Settle every in-doubt dbfleet transaction; purge decisions nobody needs any more."""
-    grace = fleet_settings().recovery_grace if grace is None else grace
+    grace = fleet_settings().seconds["RECOVERY_GRACE"] if grace is None else grace
     started = _now_ms()  # Before the search: see _purge().
     found, unreachable = find_in_doubt()
     known = decisions(sorted({prepared.transaction_id for prepared in found}))
