@@ -11,7 +11,8 @@
 
 Servers are found at ``DBFLEET_TEST_POSTGRES_URL`` (default
 ``postgres://postgres@127.0.0.1:5432``) and ``DBFLEET_TEST_MYSQL_URL`` (default
-``mysql://root@127.0.0.1:3306``).
+``mysql://root@127.0.0.1:3306``). ``DBFLEET_TEST_PREFIX`` (default ``dbfleet``) names the
+databases, so that two runs on one server keep apart.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dj_database_url
 CONFIGURATION = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
 POSTGRES_URL = os.environ.get("DBFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
 MYSQL_URL = os.environ.get("DBFLEET_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+PREFIX = os.environ.get("DBFLEET_TEST_PREFIX", "dbfleet")
 #: Ports of the primary and the streaming replica the replication configuration creates.
 STREAMING_PORTS = (5497, 5498)
 if CONFIGURATION == "replication":
@@ -37,7 +39,7 @@ ENGINES = {
 }[CONFIGURATION]
 
 
-def database(alias: str, prefix: str = "dbfleet", directory: str = "") -> dict[str, Any]:
+def database(alias: str, prefix: str = PREFIX, directory: str = "") -> dict[str, Any]:
     """Settings for ``alias`` on its configured engine, named ``{prefix}_{alias}``."""
     engine = ENGINES[alias]
     if engine == "sqlite":
