@@ -15,7 +15,9 @@ import os
 from tests.settings import *  # noqa: F403
 from tests.settings import DBFLEET, ENGINES, INSTALLED_APPS, ROUTES, database
 
-PREFIX = os.environ.get("DBFLEET_FLEET_PREFIX", "dbfleet_fleet")
+PREFIX = os.environ.get(
+    "DBFLEET_FLEET_PREFIX", os.environ.get("DBFLEET_TEST_PREFIX", "dbfleet") + "_fleet"
+)
 #: Nothing listens here: connecting is refused at once.
 CLOSED_PORT = 1
 

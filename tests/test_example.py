@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.servers import SERVER_URLS, recreate, server_connection
-from tests.settings import CONFIGURATION, ENGINES
+from tests.settings import CONFIGURATION, ENGINES, PREFIX
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "bookstore" / "demo.py"
 ALIASES = ("default", "books")
@@ -101,7 +101,7 @@ def server_databases() -> Iterator[dict[str, str]]:
     engines = {alias: ENGINES[alias] for alias in ALIASES}
     if "sqlite" in engines.values():
         pytest.skip(f"needs servers; DBFLEET_TEST_DATABASES is {CONFIGURATION!r}")
-    names = {alias: f"dbfleet_example_{alias}" for alias in ALIASES}
+    names = {alias: f"{PREFIX}_example_{alias}" for alias in ALIASES}
     for alias in ALIASES:
         recreate(engines[alias], names[alias])
     try:
@@ -140,7 +140,7 @@ def test_demo_on_servers(tmp_path: Path, server_databases: dict[str, str]) -> No
 
         assert printed_placement(output) == EXPECTED
         counts = {
-            alias: server_counts(ENGINES[alias], f"dbfleet_example_{alias}") for alias in ALIASES
+            alias: server_counts(ENGINES[alias], f"{PREFIX}_example_{alias}") for alias in ALIASES
         }
         assert counts == EXPECTED
     assert not list(tmp_path.iterdir()), "no SQLite file is made when both URLs are set"
