@@ -14,7 +14,7 @@ from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
-from dbfleet.replicas import is_write
+from dbfleet.sql import is_write
 from dbfleet.transactions import guard_writes, resolve_all, write_guard_mode
 from tests.bank.models import Account, Vault
 from tests.library.models import Author, Book, Review

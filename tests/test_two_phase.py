@@ -18,15 +18,11 @@ from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
-from dbfleet import two_phase
+from dbfleet.exceptions import InDoubtError
 from dbfleet.models import Decision
-from dbfleet.two_phase import (
-    InDoubtError,
-    find_in_doubt,
-    recover,
-    settle_one,
-    two_phase_step,
-)
+from dbfleet.transactions.two_phase import find_in_doubt, recover, two_phase_step
+from dbfleet.transactions.two_phase.decisions import decide_rollback
+from dbfleet.transactions.two_phase.recovery import settle_one
 from tests.bank.models import Account, Vault
 from tests.library.models import Review
 from tests.loans.models import Member
@@ -455,7 +451,7 @@ def test_a_coordinator_late_after_recovery_rolled_back_rolls_back_too(
     def recovery_first(step: str, transaction_id: str, **kwargs: Any) -> None:
         if step == "decide":
             decided.append(transaction_id)
-            assert two_phase.decide_rollback(transaction_id) is False
+            assert decide_rollback(transaction_id) is False
 
     two_phase_step.connect(recovery_first)
     try:

@@ -1,22 +1,21 @@
 """Run one Django project on many databases."""
 
-from dbfleet.replicas import (
+from dbfleet.exceptions import (
+    CommitError,
+    InDoubtError,
+    PartialCommitError,
+    WriteOutsideTransaction,
+    WriteOutsideTransactionError,
     WriteToReplicaError,
+)
+from dbfleet.replicas import (
     read_your_writes,
     use_primary,
     use_replica,
     write_position,
 )
 from dbfleet.routing import Router, database_for
-from dbfleet.transactions import (
-    CommitError,
-    PartialCommitError,
-    WriteOutsideTransaction,
-    WriteOutsideTransactionError,
-    atomic,
-    on_commit,
-)
-from dbfleet.two_phase import InDoubtError
+from dbfleet.transactions import atomic, on_commit
 
 __all__ = [
     "CommitError",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.conf import settings
@@ -390,12 +390,23 @@ class _Answers(dict[type, str | None]):
 
 ANSWERS = _Answers()
 
+_Cache = TypeVar("_Cache", bound=MutableMapping[Any, Any])
+#: Every cache built from the settings, emptied by reset().
+_DERIVED: list[MutableMapping[Any, Any]] = [ANSWERS]
+
+
+def derived(cache: _Cache) -> _Cache:
+    """Register ``cache`` as built from the settings: reset() empties it."""
+    _DERIVED.append(cache)
+    return cache
+
 
 def reset() -> None:
     """Forget the parsed settings and the topology; the next use reads them again."""
     fleet_settings.cache_clear()
     get_topology.cache_clear()
-    ANSWERS.clear()
+    for cache in _DERIVED:
+        cache.clear()
 
 
 @receiver(setting_changed)

@@ -10,7 +10,8 @@ from django.apps import apps
 from django.db import connections, models, router
 
 from dbfleet.conf import ANSWERS, get_topology
-from dbfleet.replicas import READS, use_primary
+from dbfleet.replicas.choice import READS
+from dbfleet.replicas.scopes import use_primary
 from dbfleet.topology import owner_label
 
 

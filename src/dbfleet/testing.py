@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 
-from dbfleet.replicas import OWN_QUERY, _ReadYourWrites, _Scope
+from dbfleet.replicas import Scope, is_own_query, root_scope
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ def capture_queries() -> Iterator[Queries]:
     connection runs to set itself up.
     """
     captured = Queries()
+    # The DB-API connection of each wrapper once it is set up: Django sends
+    # connection_created after a new connection ran its own statements.
+    ready: weakref.WeakKeyDictionary[BaseDatabaseWrapper, Any] = weakref.WeakKeyDictionary()
+
+    def created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+        ready[connection] = connection.connection
 
     def record(alias: str) -> Callable[..., Any]:
         def wrapper(
@@ -50,26 +59,28 @@ def capture_queries() -> Iterator[Queries]:
         ) -> Any:
             result = execute(sql, params, many, context)
             connection = context["connection"]
-            # Left out: dbfleet's own health and position queries, and what a new
-            # connection runs to set itself up (MySQL's SET SESSION ...).
-            if not OWN_QUERY.get() and getattr(connection, "dbfleet_ready", None) is (
-                connection.connection
-            ):
+            if not is_own_query() and ready.get(connection) is connection.connection:
                 captured.append(Query(alias, sql))
             return result
 
         return wrapper
 
-    with ExitStack() as stack:
-        for connection in connections.all():
-            stack.enter_context(connection.execute_wrapper(record(connection.alias)))
-        yield captured
+    connection_created.connect(created, weak=False)
+    try:
+        with ExitStack() as stack:
+            for connection in connections.all():
+                if connection.connection is not None:
+                    ready[connection] = connection.connection
+                stack.enter_context(connection.execute_wrapper(record(connection.alias)))
+            yield captured
+    finally:
+        connection_created.disconnect(created)
 
 
-def fresh_scope() -> _Scope:
+def fresh_scope() -> Scope:
     """A read-your-writes scope that inherits no pin, as a new request or task would start.
 
     Use it around each test, so that one test's writes pin none of the next
     test's reads, and inside a test to play "another user".
     """
-    return _ReadYourWrites(None, nested=False)
+    return root_scope()

@@ -26,7 +26,7 @@ django.setup()
 from django.db import connections  # noqa: E402
 
 import dbfleet  # noqa: E402
-from dbfleet.two_phase import two_phase_step  # noqa: E402
+from dbfleet.transactions.two_phase import two_phase_step  # noqa: E402
 
 
 class Planned(Exception):

@@ -25,7 +25,7 @@ from dbfleet.migrating.runner import Outcome, migrate_all
 from dbfleet.migrating.status import APPLIED, NOT_ROUTED, PENDING, status
 from dbfleet.replicas import ReplicaHealth, replica_health
 from dbfleet.routing import routes
-from dbfleet.two_phase import find_in_doubt, participants, recover
+from dbfleet.transactions.two_phase import find_in_doubt, participants, recover
 
 
 def render(table: Table, color: bool) -> str:

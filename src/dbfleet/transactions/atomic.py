@@ -6,15 +6,13 @@ where ``Book`` is written; ``dbfleet.atomic(Author, Book)`` opens one on each
 database and commits them together: one after the other (best effort, and a
 :class:`PartialCommitError` says exactly what committed when a later commit
 fails), or with ``two_phase=True`` through prepared transactions and a decision
-log, so that nothing is left half-done (see :mod:`dbfleet.two_phase`).
+log, so that nothing is left half-done (see :mod:`dbfleet.transactions.two_phase`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ContextDecorator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -23,52 +21,19 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from django.conf import settings
-from django.core import mail
-from django.db import DatabaseError, connections, models, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db import connections, models, transaction
 from django.db.transaction import TransactionManagementError
 
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
-from dbfleet.replicas import is_write
+from dbfleet.exceptions import PartialCommitError, names
 from dbfleet.routing import database_for
+from dbfleet.transactions.two_phase.protocol import Protocol, check_engines
+from dbfleet.vendors import raw_commit
 
 logger = logging.getLogger("dbfleet.transactions")
 
 Target = str | type[models.Model] | models.Model
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CommitError(DatabaseError):
-    """A transaction over several databases did not end the same way on all of them."""
-
-
-class PartialCommitError(CommitError):
-    """A best-effort commit failed after an earlier database had committed."""
-
-    def __init__(self, committed: Sequence[str], failed: str, rolled_back: Sequence[str]) -> None:
-        self.committed = tuple(committed)
-        self.failed = failed
-        self.rolled_back = tuple(rolled_back)
-        undone = f"; rolled back on {_names(rolled_back)}" if rolled_back else ""
-        super().__init__(
-            f"Committed on {_names(committed)}, then the commit on {failed!r} failed{undone}. "
-            f"The changes on {_names(committed)} stay; those on {failed!r}"
-            f"{' and ' + _names(rolled_back) if rolled_back else ''} are lost. "
-            "Repair the data by hand, or use dbfleet.atomic(..., two_phase=True) "
-            "so that all databases commit or none does."
-        )
-
-
-def _names(aliases: Iterable[str]) -> str:
-    return ", ".join(repr(alias) for alias in aliases)
-
-
-class WriteOutsideTransaction(RuntimeWarning):
-    """A write ran on its own while a transaction was open on another database."""
-
-
-class WriteOutsideTransactionError(TransactionManagementError):
-    """The write guard's error, when ``DBFLEET["WRITE_GUARD"]`` is ``"raise"``."""
 
 
 def resolve(target: Target) -> str:
@@ -112,7 +77,7 @@ class _Frame:
     two_phase: bool
     blocks: dict[str, transaction.Atomic] = field(default_factory=dict)  # entered, in order
     outermost: list[str] = field(default_factory=list)
-    protocol: Any = None  # a two_phase.Protocol when this frame runs the protocol
+    protocol: Protocol | None = None  # when this frame runs the two-phase protocol
     token: Any = None
 
 
@@ -124,17 +89,6 @@ _FRAMES: ContextVar[tuple[_Frame, ...]] = ContextVar("dbfleet_atomic_blocks", de
 _DUE: ContextVar[list[tuple[Callable[[], Any], bool]] | None] = ContextVar(
     "dbfleet_due_callbacks", default=None
 )
-_UNGUARDED: ContextVar[bool] = ContextVar("dbfleet_unguarded", default=False)
-
-
-@contextlib.contextmanager
-def unguarded() -> Iterator[None]:
-    """Let writes through the write guard (dbfleet's own bookkeeping)."""
-    token = _UNGUARDED.set(True)
-    try:
-        yield
-    finally:
-        _UNGUARDED.reset(token)
 
 
 class _GroupRollback(Exception):
@@ -172,8 +126,6 @@ class Atomic(ContextDecorator):
                 raise
             frame.blocks[alias] = block
         if starts_two_phase:
-            from dbfleet.two_phase import Protocol
-
             try:
                 frame.protocol = Protocol.begin(frame.outermost)
             except BaseException as error:
@@ -209,8 +161,6 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
     Inside an enclosing two-phase block, or inside the transaction a test case
     wraps around each test, it is a plain nested block.
     """
-    from dbfleet.two_phase import check_engines
-
     check_engines(aliases)
     enclosing = {alias for frame in _FRAMES.get() if frame.two_phase for alias in frame.aliases}
     nested = [alias for alias in aliases if connections[alias].in_atomic_block]
@@ -227,7 +177,7 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
     raise TransactionManagementError(
         f"dbfleet.atomic(two_phase=True) must be the outermost block on every database it "
         f"covers, or be nested in a two-phase block over all of them; a transaction is "
-        f"already open on {_names(nested)}."
+        f"already open on {names(nested)}."
     )
 
 
@@ -322,18 +272,6 @@ def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atom
     _exit_blocks(blocks)
 
 
-def raw_commit(connection: BaseDatabaseWrapper) -> None:
-    """Commit on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
-    with connection.wrap_database_errors:
-        connection.connection.commit()
-
-
-def raw_rollback(connection: BaseDatabaseWrapper) -> None:
-    """Roll back on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
-    with connection.wrap_database_errors:
-        connection.connection.rollback()
-
-
 def atomic_targets() -> frozenset[str]:
     """Every database an open ``dbfleet.atomic`` block in this context covers."""
     return frozenset(alias for frame in _FRAMES.get() for alias in frame.aliases)
@@ -396,45 +334,3 @@ def _call(func: Callable[[], Any], robust: bool) -> None:
     except Exception as error:
         name = getattr(func, "__qualname__", func)
         logger.error("Error calling %s in on_commit() (%s).", name, error, exc_info=True)
-
-
-def write_guard_mode() -> str:
-    """``"raise"``, ``"warn"`` or ``"off"``: what the write guard does now."""
-    mode = fleet_settings().write_guard
-    if mode is None:
-        # On by default while developing and in tests (the test runner sets mail.outbox).
-        return "warn" if settings.DEBUG or hasattr(mail, "outbox") else "off"
-    return mode
-
-
-def guard_writes(
-    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
-) -> Any:
-    """Execute wrapper: flag a write that runs outside the transaction open on another database."""
-    connection = context["connection"]
-    if not connection.in_atomic_block and is_write(sql) and not _UNGUARDED.get():
-        others = [
-            other.alias
-            for other in connections.all(initialized_only=True)
-            if other.in_atomic_block and other.alias != connection.alias
-        ]
-        mode = write_guard_mode() if others else "off"
-        if mode != "off":
-            message = (
-                f"A write on database {connection.alias!r} ran outside the transaction open on "
-                f"{_names(others)}: it commits on its own, now, even if that transaction rolls "
-                f"back. Open the block on both: dbfleet.atomic(Model, ...) with the model "
-                f"written here, or dbfleet.atomic({_names([*others, connection.alias])})."
-            )
-            if mode == "raise":
-                raise WriteOutsideTransactionError(message)
-            warnings.warn(message, WriteOutsideTransaction, stacklevel=2)
-    return execute(sql, params, many, context)
-
-
-def install_write_guard(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    """``connection_created`` receiver: add the write guard where it is on."""
-    if guard_writes not in connection.execute_wrappers and write_guard_mode() != "off":
-        # First, under any wrapper a `with connection.execute_wrapper(...)` has
-        # pushed: that one pops the last wrapper when it ends.
-        connection.execute_wrappers.insert(0, guard_writes)

@@ -1,0 +1,161 @@
+"""What every engine answers, and the defaults of an engine that can do none of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+#: The position of a replica that has everything its primary has (a test mirror).
+CURRENT = "current"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What a replica says of its replication, with one query."""
+
+    #: Seconds behind its primary (infinity: replication is not running).
+    lag: float
+    #: The position it has replayed, or None if unknown.
+    replayed: str | None
+    #: Whether it has received changes it has not replayed, or receives none.
+    behind: bool
+
+
+def query(
+    connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` through Django's cursor; return its rows (none for a statement)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+def raw(connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any] | None = None) -> str:
+    """Run ``sql`` on the DB-API connection; return the server's status message.
+
+    Not through Django's cursor: that refuses to run anything in a transaction
+    it has marked for rollback, and protocol statements are how it gets rolled
+    back. No execute wrapper sees these statements.
+    """
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return str(getattr(cursor, "statusmessage", "") or "")
+        finally:
+            cursor.close()
+
+
+def raw_commit(connection: BaseDatabaseWrapper) -> None:
+    """Commit on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
+    with connection.wrap_database_errors:
+        connection.connection.commit()
+
+
+def raw_rollback(connection: BaseDatabaseWrapper) -> None:
+    """Roll back on the DB-API connection, leaving Django's bookkeeping to the block's exit."""
+    with connection.wrap_database_errors:
+        connection.connection.rollback()
+
+
+def literal(value: str) -> str:
+    """``value`` as an SQL string literal (for statements that take no bound parameters)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def driver_code(error: DatabaseError) -> object:
+    """The driver's own error code behind a Django ``DatabaseError``, or None."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if code:
+        return str(code)
+    args = getattr(cause, "args", None) or error.args
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+class Vendor:
+    """An engine without prepared transactions or replication (the defaults)."""
+
+    #: Django's ``connection.vendor``.
+    name: ClassVar[str] = ""
+    #: Whether it can prepare a transaction (two-phase commit).
+    two_phase: ClassVar[bool] = False
+    #: The ``OPTIONS`` key of a connect timeout in seconds, if the driver has one.
+    connect_timeout_option: ClassVar[str | None] = None
+
+    # --- Two-phase commit: only engines with ``two_phase`` are asked. ---------------------
+
+    @staticmethod
+    def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def wrote(connection: BaseDatabaseWrapper) -> bool | None:
+        """Whether the open transaction wrote; None when the engine cannot tell."""
+        raise NotImplementedError
+
+    @staticmethod
+    def in_doubt(connection: BaseDatabaseWrapper, prefix: str) -> list[tuple[str, str]]:
+        """(transaction id, engine's name) of the transactions prepared here under ``prefix``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def settle(
+        connection: BaseDatabaseWrapper, transaction_id: str, name: str, commit: bool
+    ) -> None:
+        """Commit or roll back the prepared transaction the engine calls ``name``."""
+        raise NotImplementedError
+
+    # --- Errors ---------------------------------------------------------------------------
+
+    @staticmethod
+    def is_gone(error: DatabaseError) -> bool:
+        """Whether ``error`` says the prepared transaction does not exist (any more)."""
+        return False
+
+    @staticmethod
+    def is_busy(error: DatabaseError) -> bool:
+        """Whether ``error`` says another session holds the prepared transaction."""
+        return False
+
+    @staticmethod
+    def is_retryable(error: DatabaseError) -> bool:
+        """Whether running the transaction again may succeed (deadlock, lock wait, ...)."""
+        return False
+
+    # --- Replication ----------------------------------------------------------------------
+
+    @staticmethod
+    def position(connection: BaseDatabaseWrapper) -> str | None:
+        """The primary's current replication position, or None if it has none."""
+        return None
+
+    @staticmethod
+    def replica_status(connection: BaseDatabaseWrapper) -> ReplicaStatus | None:
+        """How far the replica is; None when the database does not replicate from anything."""
+        return None
+
+    @staticmethod
+    def position_key(position: str) -> dict[str, int]:
+        """A position as comparable numbers (every key must be reached)."""
+        raise NotImplementedError

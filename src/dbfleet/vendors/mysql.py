@@ -1,0 +1,129 @@
+"""MariaDB and MySQL: XA transactions, GTID positions, replica status, error numbers."""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from dbfleet.vendors.base import ReplicaStatus, Vendor, driver_code, query, raw
+
+#: Marks dbfleet's XA transactions in XA RECOVER ("dbft").
+XA_FORMAT = 0x64626674
+#: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
+RETRYABLE = frozenset({1205, 1213})
+
+
+def _branch(connection: BaseDatabaseWrapper) -> str:
+    return str(connection.settings_dict["NAME"])
+
+
+def _xid(connection: BaseDatabaseWrapper, xid: str) -> tuple[str, str, int]:
+    # The server lists every XA transaction on it, whatever the database: the
+    # database's name in the branch qualifier tells this one's apart, and the
+    # alias two aliases of one database.
+    return (xid, f"{_branch(connection)}@{connection.alias}"[:64], XA_FORMAT)
+
+
+def is_mariadb(connection: BaseDatabaseWrapper) -> bool:
+    return bool(getattr(connection, "mysql_is_mariadb", False))
+
+
+class MySQL(Vendor):
+    name = "mysql"
+    two_phase = True
+    connect_timeout_option = "connect_timeout"
+
+    @staticmethod
+    def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raw(connection, "XA START %s, %s, %s", _xid(connection, xid))
+
+    @staticmethod
+    def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raw(connection, "XA END %s, %s, %s", _xid(connection, xid))
+        raw(connection, "XA PREPARE %s, %s, %s", _xid(connection, xid))
+
+    @staticmethod
+    def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raw(connection, "XA END %s, %s, %s", _xid(connection, xid))
+        raw(connection, "XA COMMIT %s, %s, %s ONE PHASE", _xid(connection, xid))
+
+    @staticmethod
+    def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
+        with contextlib.suppress(DatabaseError):  # already ended after a failed XA END
+            raw(connection, "XA END %s, %s, %s", _xid(connection, xid))
+        raw(connection, "XA ROLLBACK %s, %s, %s", _xid(connection, xid))
+
+    @staticmethod
+    def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
+        verb = "COMMIT" if commit else "ROLLBACK"
+        raw(connection, f"XA {verb} %s, %s, %s", _xid(connection, xid))
+
+    @staticmethod
+    def wrote(connection: BaseDatabaseWrapper) -> bool | None:
+        # Unknown: information_schema.innodb_trx is refreshed only every 0.1 s,
+        # and the session's Handler_* counters move with temporary tables too.
+        return None
+
+    @staticmethod
+    def in_doubt(connection: BaseDatabaseWrapper, prefix: str) -> list[tuple[str, str]]:
+        found = []
+        mine = f"{_branch(connection)}@"
+        for format_id, gtrid_length, _, data in query(connection, "XA RECOVER"):
+            data = data.decode() if isinstance(data, bytes) else data
+            gtrid, branch = data[:gtrid_length], data[gtrid_length:]
+            if format_id == XA_FORMAT and gtrid.startswith(prefix) and branch.startswith(mine):
+                found.append((gtrid, data))
+        return found
+
+    @staticmethod
+    def settle(
+        connection: BaseDatabaseWrapper, transaction_id: str, name: str, commit: bool
+    ) -> None:
+        xid = (transaction_id, name[len(transaction_id) :], XA_FORMAT)
+        query(connection, f"XA {'COMMIT' if commit else 'ROLLBACK'} %s, %s, %s", xid)
+
+    @staticmethod
+    def is_busy(error: DatabaseError) -> bool:
+        # XAER_NOTA, which is also MariaDB's answer while the session that
+        # prepared the branch is still connected.
+        return driver_code(error) == 1397
+
+    @staticmethod
+    def is_retryable(error: DatabaseError) -> bool:
+        return driver_code(error) in RETRYABLE
+
+    @staticmethod
+    def position(connection: BaseDatabaseWrapper) -> str | None:
+        if not is_mariadb(connection):
+            return None  # MySQL's GTID sets are not compared (yet).
+        # None without a binary log: MariaDB then has no GTIDs.
+        return query(connection, "SELECT @@GLOBAL.gtid_binlog_pos")[0][0] or None
+
+    @staticmethod
+    def replica_status(connection: BaseDatabaseWrapper) -> ReplicaStatus | None:
+        # MariaDB 10.5+ and MySQL 8.0.22+; MySQL names the lag column after the source.
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW REPLICA STATUS")
+            row = cursor.fetchone()
+            if row is None:
+                return None  # It replicates from nothing.
+            columns = (column[0] for column in cursor.description)
+            status = dict(zip(columns, row, strict=True))
+        lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
+        if lag is None:  # Replication is configured but not running.
+            return ReplicaStatus(float("inf"), None, True)
+        replayed = None
+        if "Gtid_IO_Pos" in status:  # MariaDB
+            replayed = query(connection, "SELECT @@GLOBAL.gtid_slave_pos")[0][0] or None
+        return ReplicaStatus(float(lag), replayed, lag > 0)
+
+    @staticmethod
+    def position_key(position: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for gtid in filter(None, position.replace(" ", "").split(",")):
+            domain, _, sequence = gtid.rpartition("-")
+            domain = domain.partition("-")[0]
+            found[domain] = max(found.get(domain, 0), int(sequence))
+        return found

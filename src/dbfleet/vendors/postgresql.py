@@ -1,0 +1,134 @@
+"""PostgreSQL: PREPARE TRANSACTION, pg_prepared_xacts, WAL positions, SQLSTATE codes."""
+
+from __future__ import annotations
+
+import contextlib
+
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.transaction import TransactionManagementError
+
+from dbfleet.vendors.base import (
+    ReplicaStatus,
+    Vendor,
+    driver_code,
+    literal,
+    query,
+    raw,
+    raw_commit,
+    raw_rollback,
+)
+
+#: serialization_failure, deadlock_detected, lock_not_available (lock_timeout).
+RETRYABLE = frozenset({"40001", "40P01", "55P03"})
+
+
+def _gid(xid: str, connection: BaseDatabaseWrapper) -> str:
+    # Global ids are unique per server, and two databases of one server may
+    # take part: the alias keeps them apart.
+    return f"{xid}:{connection.alias}"
+
+
+def _finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
+    # COMMIT/ROLLBACK PREPARED cannot run inside a transaction block.
+    dbapi = connection.connection
+    outside = dbapi.autocommit
+    with connection.wrap_database_errors:
+        dbapi.autocommit = True
+    try:
+        raw(connection, f"{'COMMIT' if commit else 'ROLLBACK'} PREPARED {literal(gid)}")
+    finally:
+        # On a broken connection this fails too; the error above is the one to see.
+        with contextlib.suppress(DatabaseError), connection.wrap_database_errors:
+            dbapi.autocommit = outside
+
+
+class PostgreSQL(Vendor):
+    name = "postgresql"
+    two_phase = True
+    connect_timeout_option = "connect_timeout"
+
+    @staticmethod
+    def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
+        pass  # A transaction is prepared at its end; nothing marks its start.
+
+    @staticmethod
+    def prepare(connection: BaseDatabaseWrapper, xid: str) -> None:
+        status = raw(connection, f"PREPARE TRANSACTION {literal(_gid(xid, connection))}")
+        if status != "PREPARE TRANSACTION":
+            # An error earlier in the block, caught without a savepoint, aborted
+            # the transaction: PostgreSQL then rolls back instead of preparing.
+            raise TransactionManagementError(
+                f"The transaction on {connection.alias!r} was aborted by an earlier error "
+                f"(PREPARE TRANSACTION answered {status!r}); nothing is committed. Catch "
+                "database errors inside a nested atomic block, which rolls back to a savepoint."
+            )
+
+    @staticmethod
+    def commit_one_phase(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raw_commit(connection)
+
+    @staticmethod
+    def rollback_active(connection: BaseDatabaseWrapper, xid: str) -> None:
+        raw_rollback(connection)
+
+    @staticmethod
+    def finish_prepared(connection: BaseDatabaseWrapper, xid: str, commit: bool) -> None:
+        _finish(connection, _gid(xid, connection), commit)
+
+    @staticmethod
+    def wrote(connection: BaseDatabaseWrapper) -> bool | None:
+        # A transaction gets an id when it first writes (or locks a row).
+        return bool(query(connection, "SELECT pg_current_xact_id_if_assigned() IS NOT NULL")[0][0])
+
+    @staticmethod
+    def in_doubt(connection: BaseDatabaseWrapper, prefix: str) -> list[tuple[str, str]]:
+        rows = query(
+            connection,
+            "SELECT gid FROM pg_prepared_xacts "
+            "WHERE database = current_database() AND gid LIKE %s ORDER BY prepared",
+            (prefix + "%",),
+        )
+        return [(gid.rsplit(":", 1)[0], gid) for (gid,) in rows]
+
+    @staticmethod
+    def settle(
+        connection: BaseDatabaseWrapper, transaction_id: str, name: str, commit: bool
+    ) -> None:
+        _finish(connection, name, commit)
+
+    @staticmethod
+    def is_gone(error: DatabaseError) -> bool:
+        return driver_code(error) == "42704"  # undefined_object
+
+    @staticmethod
+    def is_busy(error: DatabaseError) -> bool:
+        return driver_code(error) == "55006"  # object_in_use
+
+    @staticmethod
+    def is_retryable(error: DatabaseError) -> bool:
+        return driver_code(error) in RETRYABLE
+
+    @staticmethod
+    def position(connection: BaseDatabaseWrapper) -> str | None:
+        return query(connection, "SELECT pg_current_wal_insert_lsn()::text")[0][0] or None
+
+    @staticmethod
+    def replica_status(connection: BaseDatabaseWrapper) -> ReplicaStatus | None:
+        ((recovering, replayed, behind, since_replay),) = query(
+            connection,
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+            # Behind: WAL received but not replayed, or no WAL coming in at all (the
+            # receiver is not running, so nothing says the replica is current).
+            "pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() "
+            "OR NOT EXISTS (SELECT FROM pg_stat_wal_receiver), "
+            "COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)",
+        )
+        if not recovering:
+            return None  # A primary, writable: it replicates from nothing.
+        return ReplicaStatus(float(since_replay) if behind else 0.0, replayed, bool(behind))
+
+    @staticmethod
+    def position_key(position: str) -> dict[str, int]:
+        high, _, low = position.partition("/")
+        return {"": int(high, 16) << 32 | int(low, 16)}
