@@ -27,6 +27,7 @@ from dbfleet.topology import Replica, Topology
 KNOWN_KEYS = (
     "DEFAULT_DATABASE",
     "MAX_LAG",
+    "PROBE_TIMEOUT",
     "READ_YOUR_WRITES",
     "READ_YOUR_WRITES_COOKIE",
     "READ_YOUR_WRITES_WINDOW",
@@ -42,6 +43,11 @@ READ_YOUR_WRITES_MODES = ("time", "position")
 #: Settings given in seconds: (default, what the number means, for the hint).
 SECONDS = {
     "MAX_LAG": (5.0, "a replica further behind its primary than this is skipped"),
+    "PROBE_TIMEOUT": (
+        5.0,
+        "dbfleet's own checks (replica health, `fleet status`, `fleet recover`) give up on a "
+        "database that has not connected or answered in this long",
+    ),
     "READ_YOUR_WRITES_WINDOW": (
         2.0,
         "after a write, ReadYourWritesMiddleware keeps that user's reads on the primary this long",

@@ -143,14 +143,14 @@ def close(connection: BaseDatabaseWrapper) -> None:
 def replica_health(aliases: Iterable[str] = ()) -> list[ReplicaHealth]:
     """Check the replicas (those of ``aliases``, or every one) now; return what was found."""
     chosen = set(aliases)
-    now = time.monotonic()
-    found = []
-    for group in get_topology().groups.values():
-        for replica in group.replicas:
-            if chosen and not chosen & {replica.alias, group.primary}:
-                continue
-            # One check, with no earlier one to confirm a lag: count it (behind=True).
-            health = ReplicaHealth(replica.alias, group.primary, replica.weight, behind=True)
-            check(health, now)
-            found.append(health)
+    found = [
+        # One check, with no earlier one to confirm a lag: count it (behind=True).
+        ReplicaHealth(replica.alias, group.primary, replica.weight, behind=True)
+        for group in get_topology().groups.values()
+        for replica in group.replicas
+        if not chosen or chosen & {replica.alias, group.primary}
+    ]
+    with vendors.probing([h.alias for h in found], fleet_settings().seconds["PROBE_TIMEOUT"]):
+        for health in found:
+            check(health, time.monotonic())
     return found

@@ -8,6 +8,11 @@ and never tests a vendor itself.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+
+from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from dbfleet.vendors.base import (
@@ -32,6 +37,31 @@ def of(connection: BaseDatabaseWrapper) -> type[Vendor]:
     return VENDORS.get(connection.vendor, Vendor)
 
 
+@contextmanager
+def probing(aliases: Iterable[str], seconds: float) -> Iterator[None]:
+    """Within, ``connections[alias]`` of each alias gives up after ``seconds`` in this thread.
+
+    dbfleet's own probes (replica health, recovery, status) run on these new
+    connections, so that a server that accepts and never answers cannot hang
+    them; each is closed at the end and the thread's own connection put back.
+    """
+    originals = {alias: connections[alias] for alias in dict.fromkeys(aliases)}
+    try:
+        for alias, original in originals.items():
+            settings_dict = copy.deepcopy(original.settings_dict)
+            options = settings_dict.get("OPTIONS") or {}
+            settings_dict["OPTIONS"] = of(original).probe_options(options, seconds)
+            connections[alias] = type(original)(settings_dict, alias)
+        yield
+    finally:
+        for alias, original in originals.items():
+            probe = connections[alias]
+            connections[alias] = original
+            if probe is not original:
+                with suppress(DatabaseError):
+                    probe.close()
+
+
 def of_engine(vendor: str) -> type[Vendor]:
     """The vendor called ``vendor`` (Django's ``connection.vendor``)."""
     return VENDORS.get(vendor, Vendor)
@@ -45,6 +75,7 @@ __all__ = [
     "literal",
     "of",
     "of_engine",
+    "probing",
     "query",
     "raw",
     "raw_commit",

@@ -126,6 +126,21 @@ class Vendor:
         """Commit or roll back the prepared transaction the engine calls ``name``."""
         raise NotImplementedError
 
+    @staticmethod
+    def unsynced(sql: str, autocommit: bool) -> str:
+        """``sql`` (without parameters) made not to wait for the disk when it commits."""
+        return sql
+
+    @staticmethod
+    def prepared_transactions_limit(connection: BaseDatabaseWrapper) -> int | None:
+        """How many transactions the server lets be prepared at once (None: no set limit)."""
+        return None
+
+    @staticmethod
+    def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """``OPTIONS`` for a connection that gives up after ``seconds`` (connect, statements)."""
+        return dict(options)
+
     # --- Errors ---------------------------------------------------------------------------
 
     @staticmethod

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from typing import Any
 
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -83,6 +85,13 @@ class MySQL(Vendor):
     ) -> None:
         xid = (transaction_id, name[len(transaction_id) :], XA_FORMAT)
         query(connection, f"XA {'COMMIT' if commit else 'ROLLBACK'} %s, %s, %s", xid)
+
+    @staticmethod
+    def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
+        # mysqlclient's timeouts are whole seconds, and they are the client's own:
+        # they hold even when the server never answers.
+        whole = max(1, math.ceil(seconds))
+        return {**options, "connect_timeout": whole, "read_timeout": whole, "write_timeout": whole}
 
     @staticmethod
     def is_busy(error: DatabaseError) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from typing import Any
 
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -96,6 +98,26 @@ class PostgreSQL(Vendor):
         connection: BaseDatabaseWrapper, transaction_id: str, name: str, commit: bool
     ) -> None:
         _finish(connection, name, commit)
+
+    @staticmethod
+    def prepared_transactions_limit(connection: BaseDatabaseWrapper) -> int | None:
+        return int(query(connection, "SHOW max_prepared_transactions")[0][0])
+
+    @staticmethod
+    def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
+        # libpq's connect_timeout is whole seconds, at least 2; statement_timeout
+        # is the server's, in milliseconds.
+        server = f"-c statement_timeout={math.ceil(seconds * 1000)}"
+        return {
+            **options,
+            "connect_timeout": max(2, math.ceil(seconds)),
+            "options": f"{options.get('options', '')} {server}".strip(),
+        }
+
+    @staticmethod
+    def unsynced(sql: str, autocommit: bool) -> str:
+        sql = f"SET LOCAL synchronous_commit TO OFF; {sql}"  # LOCAL: inside a transaction
+        return f"BEGIN; {sql}; COMMIT" if autocommit else sql
 
     @staticmethod
     def is_gone(error: DatabaseError) -> bool:

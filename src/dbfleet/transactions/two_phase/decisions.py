@@ -16,6 +16,7 @@ from typing import Any
 from django.db import IntegrityError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from dbfleet import vendors
 from dbfleet.conf import fleet_settings
 from dbfleet.transactions.guard import unguarded
 from dbfleet.vendors import literal, query
@@ -50,12 +51,10 @@ def execute(
 
 
 def forget_sql(connection: BaseDatabaseWrapper, transaction_id: str) -> str:
-    """The statement that deletes a decision; it need not wait for the disk."""
-    # No bound parameters, so that PostgreSQL takes both statements at once.
+    """The statement that deletes a decision; its commit need not wait for the disk."""
+    # No bound parameters, so that the engine may take several statements at once.
     delete = f"DELETE FROM {TABLE} WHERE transaction_id = {literal(transaction_id)}"
-    if connection.vendor == "postgresql":
-        return f"SET LOCAL synchronous_commit TO OFF; {delete}"
-    return delete
+    return vendors.of(connection).unsynced(delete, connection.get_autocommit())
 
 
 @contextlib.contextmanager

@@ -305,9 +305,7 @@ class Protocol:
         if coordinator is None:
             try:
                 with decision_connection() as connection:
-                    sql = forget_sql(connection, self.transaction_id)
-                    autocommit = connection.vendor == "postgresql" and connection.get_autocommit()
-                    execute(connection, f"BEGIN; {sql}; COMMIT" if autocommit else sql)
+                    execute(connection, forget_sql(connection, self.transaction_id))
             except DatabaseError:
                 logger.warning("Could not delete decision %s.", self.transaction_id, exc_info=True)
             return

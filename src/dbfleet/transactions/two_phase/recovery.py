@@ -116,11 +116,21 @@ def settle_one(prepared: Prepared, commit: bool, detail: str = "") -> Outcome:
 
 
 def find_in_doubt(aliases: Sequence[str] | None = None) -> tuple[list[Prepared], dict[str, str]]:
-    """Prepared dbfleet transactions on ``aliases`` (all participants), and unreachable aliases."""
+    """Prepared dbfleet transactions on ``aliases`` (all participants), and unreachable aliases.
+
+    Each database is asked on a connection of its own that gives up after
+    ``PROBE_TIMEOUT``.
+    """
+    aliases = participants() if aliases is None else aliases
+    with vendors.probing(aliases, fleet_settings().seconds["PROBE_TIMEOUT"]):
+        return _find_in_doubt(aliases)
+
+
+def _find_in_doubt(aliases: Sequence[str]) -> tuple[list[Prepared], dict[str, str]]:
     found: list[Prepared] = []
     unreachable: dict[str, str] = {}
     seen: set[str] = set()
-    for alias in participants() if aliases is None else aliases:
+    for alias in aliases:
         try:
             for prepared in in_doubt(alias):
                 # Two aliases may name one database: settle its transactions once.
@@ -134,9 +144,16 @@ def find_in_doubt(aliases: Sequence[str] | None = None) -> tuple[list[Prepared],
 
 def recover(grace: float | None = None, dry_run: bool = False) -> Recovery:
     """Settle every in-doubt dbfleet transaction; purge decisions nobody needs any more."""
-    grace = fleet_settings().seconds["RECOVERY_GRACE"] if grace is None else grace
+    seconds = fleet_settings().seconds
+    grace = seconds["RECOVERY_GRACE"] if grace is None else grace
+    aliases = [*participants(), fleet_settings().default_database]
+    with vendors.probing(aliases, seconds["PROBE_TIMEOUT"]):
+        return _recover(grace, dry_run)
+
+
+def _recover(grace: float, dry_run: bool) -> Recovery:
     started = now_ms()  # Before the search: see purge().
-    found, unreachable = find_in_doubt()
+    found, unreachable = _find_in_doubt(participants())
     known = decisions(sorted({prepared.transaction_id for prepared in found}))
     recovery = Recovery(unreachable=unreachable)
     for prepared in found:
