@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import venv
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -177,14 +178,16 @@ def install_mysqlclient(python: Path, stamp: dict[str, Any]) -> bool:
         return False
     say(f"Installing {MYSQL_LOCK.relative_to(ROOT)} (builds against {found})")
     pip = (python, "-m", "pip", "--disable-pip-version-check", "--quiet")
-    if run(*pip, "install", "--requirement", MYSQL_LOCK, check=False) == 0:
+    built = run(*pip, "install", "--requirement", MYSQL_LOCK, check=False) == 0
+    if built and run(python, "-c", "import MySQLdb", check=False) == 0:
         stamp["mysqlclient"] = digest(MYSQL_LOCK.read_bytes())
         stamp.pop("mysqlclient_failed_with", None)
         return True
     stamp["mysqlclient_failed_with"] = found
     say(
-        f"mysqlclient could not be built (with {found}), so the MariaDB tests are skipped; "
-        f"the error is above. It needs the MariaDB client headers: {MYSQL_INSTALL}."
+        f"mysqlclient could not be built or imported (with {found}), so the MariaDB tests "
+        f"are skipped; the error is above. It needs the MariaDB client headers, a C compiler "
+        f"and Python's headers: {MYSQL_INSTALL}. Fixed, the next run tries again."
     )
     return False
 
@@ -309,6 +312,7 @@ def lint(args: argparse.Namespace) -> None:
 
 
 def test(args: argparse.Namespace) -> None:
+    started = time.monotonic()
     installed = dev_venv(mysql=True)
     lint_failed = lint_checks(installed.python)
     if lint_failed:
@@ -344,9 +348,11 @@ def test(args: argparse.Namespace) -> None:
     coverage = run(installed.python, "-m", "coverage", "report", "--fail-under=95", check=False)
     if coverage:
         failed.append("coverage (under 95%)")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    print(f"\n{minutes} min {seconds} s in all")
     if failed:
-        print(f"\nFailed: {', '.join(failed)}")
-    print(f"\ndbfleet: {totals()}")
+        print(f"Failed: {', '.join(failed)}")
+    print(f"\ndbfleet: {totals()}")  # Last: CI reads the closing line.
     if failed:
         sys.exit(1)
 
