@@ -340,7 +340,7 @@ def test(args: argparse.Namespace) -> None:
         # none stops working unnoticed. Not under coverage: that is the tests' coverage.
         say("Benchmarks, --quick (a smoke test: targets are not judged)")
         require = ["--require"] if servers_required() else []
-        smoke = (installed.python, ROOT / "bench" / "run.py", "--quick", *require)
+        smoke: list[str | Path] = [installed.python, ROOT / "bench" / "run.py", "--quick", *require]
         if run(*smoke, check=False, deadline=CONFIGURATION_DEADLINE):
             failed.append("benchmarks")
 
