@@ -6,6 +6,8 @@
 
 Each benchmark is a module in bench/ with a one-line docstring and
 ``run(quick: bool) -> bool`` (whether its targets were met); list it in BENCHMARKS.
+A benchmark that cannot run here (no PostgreSQL, say) raises ``timing.Unavailable``:
+it is skipped with the reason, or fails the run with ``--require``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke test")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--require",
+        action="store_true",
+        help="exit 1 if a benchmark cannot run here (a server is missing) instead of skipping it",
+    )
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     import django
 
-    from bench.timing import console
+    from bench.timing import Unavailable, console
 
     if args.list:
         for name, module in BENCHMARKS.items():
@@ -80,17 +87,35 @@ def main(argv: list[str] | None = None) -> int:
         + (" (--quick: too few rounds to trust the last digit)" if args.quick else "")
     )
     started = time.monotonic()
-    missed = [
-        name
-        for name in args.names or BENCHMARKS
-        if not importlib.import_module(BENCHMARKS[name]).run(args.quick)
-    ]
+    missed: list[str] = []
+    skipped: list[str] = []
+    for name in args.names or BENCHMARKS:
+        begun = time.monotonic()
+        try:
+            met = importlib.import_module(BENCHMARKS[name]).run(args.quick)
+        except Unavailable as error:
+            if args.require:
+                console.print(f"[red]{name}: cannot run: {error}[/red]")
+            else:
+                console.print(f"[yellow]{name}: skipped: {error}[/yellow]")
+            skipped.append(name)
+            continue
+        if not met:
+            missed.append(name)
+        console.print(f"({name}: {time.monotonic() - begun:.1f} s)")
     elapsed = time.monotonic() - started
+    failed = False
+    if skipped:
+        word = "Could not run" if args.require else "Skipped"
+        console.print(f"[yellow]{word}: {', '.join(skipped)}[/yellow] (the reasons are above)")
+        failed = args.require
     if missed:
-        console.print(f"[red]Targets missed in: {', '.join(missed)}[/red] ({elapsed:.0f} s)")
-        return 1 if args.check else 0
-    console.print(f"[green]Every target met.[/green] ({elapsed:.0f} s)")
-    return 0
+        quick = " (--quick: too few rounds to judge a target)" if args.quick else ""
+        console.print(f"[red]Targets missed in: {', '.join(missed)}[/red]{quick} ({elapsed:.0f} s)")
+        failed = failed or args.check
+    elif not skipped:
+        console.print(f"[green]Every target met.[/green] ({elapsed:.0f} s)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ if not console.is_terminal:
     console.width = 120
 
 
+class Unavailable(Exception):
+    """A benchmark cannot run on this machine; the message says what is missing and the fix."""
+
+
 def _nothing() -> None:
     pass
 

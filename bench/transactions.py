@@ -18,7 +18,7 @@ from django.test import override_settings
 from rich.console import Group
 
 import dbfleet
-from bench.migrate import connect
+from bench.postgres import connect, require_server
 from bench.timing import US, Case, Ratio, console, measure, report
 
 ONE = "one database"
@@ -71,6 +71,7 @@ def transaction(*aliases: str, two_phase: bool = False) -> Case:
 
 def run(quick: bool) -> bool:
     console.rule("transactions")
+    require_server(two_phase=True)
     with override_settings(
         DATABASE_ROUTERS=["dbfleet.Router"], DBFLEET={"DEFAULT_DATABASE": "tx_a"}
     ):

@@ -225,6 +225,7 @@ def test_killed_at_every_step(crash_databases: None, aliases: tuple[str, ...], s
         assert f"{in_doubt} {'committed' if committed else 'rolled back'}" in report
 
 
+@pytest.mark.timeout(600)  # 100 children and 100 `fleet recover` runs: 2-3 s each.
 def test_killed_at_random_moments(crash_databases: None) -> None:
     """100 kills, spread over the scenarios, each at a random moment."""
     rng = random.Random(os.environ.get("DBFLEET_CRASH_SEED", "dbfleet"))
