@@ -298,8 +298,10 @@ def lint_checks(python: Path) -> list[str]:
         "ruff check": (bin_dir / "ruff", "check", "."),
         "ruff format --check": (bin_dir / "ruff", "format", "--check", "."),
         "mypy": (python, "-m", "mypy"),
+        # No import cycle, each layer of DESIGN.md importing only those below.
+        "layers": (python, "-m", "pytest", "-q", "-p", "no:randomly", "tests/test_layers.py"),
     }
-    say("Lint (ruff check, ruff format --check) and types (mypy --strict)")
+    say("Lint (ruff check, ruff format --check), types (mypy --strict), layers")
     return [name for name, command in checks.items() if run(*command, check=False)]
 
 

@@ -17,10 +17,12 @@ databases, so that two runs on one server keep apart.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
 import dj_database_url
+import pytest
 
 CONFIGURATION = os.environ.get("DBFLEET_TEST_DATABASES", "sqlite")
 POSTGRES_URL = os.environ.get("DBFLEET_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
@@ -53,6 +55,13 @@ def database(alias: str, prefix: str = PREFIX, directory: str = "") -> dict[str,
     return config
 
 
+if "mysql" in ENGINES.values() and importlib.util.find_spec("MySQLdb") is None:
+    # pytest-django sets Django up before any conftest could skip: say it in one line.
+    raise pytest.UsageError(
+        f"The {CONFIGURATION!r} configuration needs mysqlclient, which is not installed: "
+        "apt-get install libmariadb-dev pkg-config gcc, then run python3 dev.py test again "
+        "(it builds mysqlclient once the headers are there)."
+    )
 DATABASES = {alias: database(alias) for alias in ENGINES}
 if CONFIGURATION == "replication":
     # It reads the primary's test database, which streaming replication copies.
