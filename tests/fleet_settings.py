@@ -28,12 +28,7 @@ DATABASES["replica"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}
 if down := os.environ.get("DBFLEET_FLEET_DOWN"):
     DATABASES[down] = {**DATABASES[down], "HOST": "127.0.0.1", "PORT": CLOSED_PORT}
 
-INSTALLED_APPS = [
-    *INSTALLED_APPS,
-    "django.contrib.sessions",
-    "django.contrib.messages",
-    "django.contrib.admin",
-]
+INSTALLED_APPS = list(INSTALLED_APPS)
 ROUTES = dict(ROUTES)
 for entry in filter(None, os.environ.get("DBFLEET_FLEET_APPS", "").split(",")):
     app, _, alias = entry.partition("=")
@@ -47,22 +42,3 @@ MIGRATION_MODULES = {
         for entry in filter(None, os.environ.get("DBFLEET_FLEET_MIGRATION_MODULES", "").split(","))
     )
 }
-
-MIDDLEWARE = [
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-]
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]
-        },
-    }
-]

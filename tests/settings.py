@@ -88,11 +88,34 @@ DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": [REPLICA]}, "WRITE_GUARD": 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
     "dbfleet",
     "tests.library",
     "tests.loans",
     "tests.bank",
 ]
 SECRET_KEY = "dbfleet-tests"
+# What the admin needs (tests/test_admin.py drives it through its views).
+ROOT_URLCONF = "tests.admin_urls"
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "migrating": BASE | {"routing"},
     "checks": None,
     "testing": BASE | {"replicas"},
-    "admin": BASE | {"transactions", "routing"},
+    "admin_transactions": BASE | {"transactions", "routing"},
     "management": None,
     "migrations": None,
     "apps": None,

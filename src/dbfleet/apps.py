@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.core.signals import request_finished, request_started
 from django.db import connections
 from django.db.backends.signals import connection_created
@@ -20,6 +20,10 @@ class DbfleetConfig(AppConfig):
         connection_created.connect(install_wrappers, dispatch_uid="dbfleet.replicas")
         for signal in (request_started, request_finished):
             signal.connect(end_implicit_scope, dispatch_uid="dbfleet.end_implicit_scope")
+        if apps.is_installed("django.contrib.admin"):
+            from dbfleet import admin_transactions
+
+            admin_transactions.install()
         # In tests a replica is its primary's test mirror (Django's TEST["MIRROR"]),
         # unless its settings name one: the test runner creates no database for
         # it and its reads see the primary's test data. Django fills the TEST
