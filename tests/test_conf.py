@@ -79,14 +79,38 @@ def test_unknown_default_database_falls_back_to_default(default: Any) -> None:
         ["replica"],
         {"default": "replica"},
         {"default": [3]},
-        {"default": [{"alias": "replica", "weight": 0}]},
-        {"default": [{"alias": "replica", "weight": True}]},
-        {"default": [{"alias": "replica", "lag": 1}]},
+        {"default": [{"weight": 2}]},
+        {"default": [{"alias": None}]},
         {1: ["replica"]},
     ],
 )
 def test_malformed_replicas(replicas: Any) -> None:
     assert ids({"REPLICAS": replicas}) == ["dbfleet.E008"]
+
+
+@pytest.mark.parametrize("weight", [0, -3, "2", True, 1.5])
+def test_bad_replica_weight_leaves_the_replica_out(weight: Any) -> None:
+    config = parse({"REPLICAS": {"default": [{"alias": "replica", "weight": weight}]}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E026"]
+    assert config.replicas == {"default": ()}
+
+
+@pytest.mark.parametrize(
+    "entry", [{"alias": "replica", "lag": 1}, {"alias": "replica", "wieght": 2}]
+)
+def test_unknown_replica_key_leaves_the_replica_out(entry: Any) -> None:
+    config = parse({"REPLICAS": {"default": [entry]}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E027"]
+    assert config.replicas == {"default": ()}
+
+
+def test_each_problem_of_one_replica_entry_is_reported() -> None:
+    entry = {"wieght": 2, "weight": 0}
+    assert ids({"REPLICAS": {"default": [entry]}}) == [
+        "dbfleet.E027",
+        "dbfleet.E008",
+        "dbfleet.E026",
+    ]
 
 
 def test_unknown_replica_or_primary() -> None:
@@ -101,16 +125,33 @@ def test_replica_under_two_primaries_stays_with_the_first() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "check_id"),
     [
-        {"REPLICAS": {"default": ["replica"]}, "ROUTES": {"books": "replica"}},
-        {"REPLICAS": {"default": ["replica"]}, "DEFAULT_DATABASE": "replica"},
-        {"REPLICAS": {"default": ["replica"], "replica": ["replica2"]}},
+        ({"REPLICAS": {"default": ["replica"]}, "ROUTES": {"books": "replica"}}, "dbfleet.E011"),
+        ({"REPLICAS": {"default": ["replica"]}, "DEFAULT_DATABASE": "replica"}, "dbfleet.E024"),
+        ({"REPLICAS": {"default": ["replica"], "replica": ["replica2"]}}, "dbfleet.E025"),
     ],
     ids=["routed-to", "default-database", "chained"],
 )
-def test_replica_used_as_a_primary(raw: Any) -> None:
-    assert ids(raw) == ["dbfleet.E011"]
+def test_replica_used_as_a_primary(raw: Any, check_id: str) -> None:
+    """Three problems, three ids (they once shared E011)."""
+    assert ids(raw) == [check_id]
+
+
+@pytest.mark.parametrize(
+    ("key", "check_id"),
+    [
+        ("RECOVERY_GRACE", "dbfleet.E020"),
+        ("MAX_LAG", "dbfleet.E022"),
+        ("REPLICA_COOLDOWN", "dbfleet.E028"),
+        ("REPLICA_CHECK_INTERVAL", "dbfleet.E029"),
+        ("READ_YOUR_WRITES_WINDOW", "dbfleet.E030"),
+    ],
+)
+def test_each_seconds_setting_has_its_own_id(key: str, check_id: str) -> None:
+    config = parse({key: "2"}, DATABASES)
+    assert [problem.id for problem in config.problems] == [check_id]
+    assert config.seconds[key] == parse({}, DATABASES).seconds[key]  # The default stands.
 
 
 def test_settings_are_cached_and_reset_when_they_change() -> None:

@@ -1,4 +1,4 @@
-"""System checks: every id is listed in the README and never reused."""
+"""System checks. Their ids, one per problem, are in ``dbfleet.check_ids``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, models, router
 
+from dbfleet.check_ids import CheckId
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
-from dbfleet.migrating.lint import lint
+from dbfleet.migrating.lint import Kind, lint
 from dbfleet.routing import Router, relations
 from dbfleet.topology import Topology, split_route_key
 
@@ -20,7 +21,7 @@ TAG = "dbfleet"
 
 @register(TAG)
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E004, E007-E011: problems found while reading ``DBFLEET``."""
+    """E001-E004, E007-E011, E019-E030: problems found while reading ``DBFLEET``."""
     return list(fleet_settings().problems)
 
 
@@ -43,7 +44,7 @@ def check_route_targets(
                     hint="Route an app label from INSTALLED_APPS (an AppConfig's label, "
                     f"not its module path).{did_you_mean(app_label, labels)}",
                     obj=OBJ,
-                    id="dbfleet.E005",
+                    id=CheckId.ROUTE_TO_UNKNOWN_APP,
                 )
             )
             continue
@@ -60,7 +61,7 @@ def check_route_targets(
                     hint=f"Models of {app_label!r}: {', '.join(sorted(names)) or 'none'}."
                     + did_you_mean(key.partition(".")[2], names),
                     obj=OBJ,
-                    id="dbfleet.E006",
+                    id=CheckId.ROUTE_TO_UNKNOWN_MODEL,
                 )
             )
             continue
@@ -73,7 +74,7 @@ def check_route_targets(
                     f"database with {owner._meta.label!r} and always lives where it does.",
                     hint=f'Route "{owner._meta.label}" instead, or remove this route.',
                     obj=OBJ,
-                    id="dbfleet.E016",
+                    id=CheckId.ROUTE_TO_DEPENDENT_MODEL,
                 )
             )
     return errors
@@ -100,7 +101,7 @@ def check_router_installed(
                 hint='Add "dbfleet.Router" to DATABASE_ROUTERS, first unless another router '
                 "must decide before it.",
                 obj="settings.DATABASE_ROUTERS",
-                id="dbfleet.E012",
+                id=CheckId.ROUTER_NOT_INSTALLED,
             )
         ]
     topology = get_topology()
@@ -116,7 +117,7 @@ def check_router_installed(
                         hint='Put "dbfleet.Router" first in DATABASE_ROUTERS, or make '
                         f"{_router_path(earlier)} return None for models dbfleet routes.",
                         obj=model,
-                        id="dbfleet.E013",
+                        id=CheckId.EARLIER_ROUTER_OVERRIDES,
                     )
                 )
     return errors
@@ -160,7 +161,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                         hint=f'Route "auth" and "contenttypes" to one database, e.g. '
                         f'"contenttypes": {here!r} in DBFLEET["ROUTES"].',
                         obj=field,
-                        id="dbfleet.E015",
+                        id=CheckId.AUTH_APART_FROM_CONTENTTYPES,
                     )
                 )
                 continue
@@ -181,7 +182,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                             f"or a plain {field.name}_id field."
                         ),
                         obj=field,
-                        id="dbfleet.E014",
+                        id=CheckId.RELATION_ACROSS_GROUPS,
                     )
                 )
             else:
@@ -193,7 +194,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                         hint=f"Assign it by id ({field.name}_id = obj.pk) and query each side "
                         "on its own, or route both models to one database.",
                         obj=field,
-                        id="dbfleet.W002",
+                        id=CheckId.SOFT_RELATION_ACROSS_GROUPS,
                     )
                 )
     return errors
@@ -218,16 +219,19 @@ def check_replica_mirrors(
                         hint=f'Set DATABASES["{replica.alias}"]["TEST"] = '
                         f'{{"MIRROR": "{primary}"}}.',
                         obj="settings.DATABASES",
-                        id="dbfleet.W001",
+                        id=CheckId.REPLICA_MIRRORS_ANOTHER_DATABASE,
                     )
                 )
     return warnings
 
 
-MIGRATION_CHECKS = {
-    "db-hint": (Error, "dbfleet.E017"),
-    "unknown-target": (Error, "dbfleet.E018"),
-    "unhinted": (Warning, "dbfleet.W003"),
+#: The check each kind of migration hint problem is reported as.
+MIGRATION_CHECKS: dict[Kind, tuple[type[Error] | type[Warning], CheckId]] = {
+    Kind.DB_HINT: (Error, CheckId.DB_HINT),
+    Kind.UNKNOWN_TARGET: (Error, CheckId.HINT_TO_UNKNOWN_DATABASE),
+    Kind.REPLICA_TARGET: (Error, CheckId.HINT_TO_REPLICA),
+    Kind.UNKNOWN_MODEL: (Error, CheckId.HINT_TO_UNKNOWN_MODEL),
+    Kind.UNHINTED: (Warning, CheckId.UNHINTED_OPERATION),
 }
 
 
@@ -235,7 +239,7 @@ MIGRATION_CHECKS = {
 def check_migration_hints(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """E017, E018, W003: RunPython/RunSQL hints that crash, route nowhere, or are missing."""
+    """E017, E018, E031, E032, W003: migration hints that crash, route nowhere, or are missing."""
     messages: list[CheckMessage] = []
     for finding in lint():
         level, check_id = MIGRATION_CHECKS[finding.kind]
@@ -280,7 +284,7 @@ def check_prepared_transactions(
                     "server. If you never use two_phase=True, add 'dbfleet.W004' to "
                     "SILENCED_SYSTEM_CHECKS.",
                     obj=f"settings.DATABASES[{alias!r}]",
-                    id="dbfleet.W004",
+                    id=CheckId.NO_PREPARED_TRANSACTIONS,
                 )
             )
     return warnings
