@@ -12,7 +12,7 @@ import difflib
 import functools
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -531,14 +531,35 @@ class _Answers(dict[type, str | None]):
 ANSWERS = _Answers()
 
 
+#: The settings everything dbfleet caches is derived from.
+WATCHED_SETTINGS = frozenset({"DBFLEET", "DATABASES", "INSTALLED_APPS", "MIGRATION_MODULES"})
+#: How to empty each cache derived from the settings that lives outside this module.
+_CLEARS: list[Callable[[], None]] = []
+
+
+def clears_on_reset(clear: Callable[[], None]) -> Callable[[], None]:
+    """Have ``reset()`` call ``clear`` too; returns it, so that it works as a decorator.
+
+    A module that keeps something derived from the settings (a table built from
+    the topology, the migrations on disk) registers its clear function here
+    rather than receiving ``setting_changed`` itself: then one reset forgets
+    everything at once, and nothing can be left over from the old settings.
+    """
+    if clear not in _CLEARS:
+        _CLEARS.append(clear)
+    return clear
+
+
 def reset() -> None:
-    """Forget the parsed settings and the topology; the next use reads them again."""
+    """Forget the parsed settings, the topology and every cache registered to clear with them."""
     fleet_settings.cache_clear()
     get_topology.cache_clear()
     ANSWERS.clear()
+    for clear in _CLEARS:
+        clear()
 
 
 @receiver(setting_changed)
 def _setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"DBFLEET", "DATABASES", "INSTALLED_APPS"}:
+    if setting in WATCHED_SETTINGS:
         reset()

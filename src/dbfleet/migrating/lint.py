@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.core.signals import setting_changed
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import SeparateDatabaseAndState
 from django.db.migrations.operations.base import Operation
-from django.dispatch import receiver
 
-from dbfleet.conf import closest, get_topology
+from dbfleet.conf import clears_on_reset, closest, get_topology
 from dbfleet.topology import Topology
 
 
@@ -93,10 +91,8 @@ def disk_migrations() -> MigrationLoader:
     return MigrationLoader(None, ignore_no_migrations=True)
 
 
-@receiver(setting_changed)
-def _setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"INSTALLED_APPS", "MIGRATION_MODULES"}:
-        disk_migrations.cache_clear()
+# MIGRATION_MODULES and INSTALLED_APPS change what is on disk.
+clears_on_reset(disk_migrations.cache_clear)
 
 
 def targets(target_db: object) -> list[object]:
