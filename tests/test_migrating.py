@@ -11,9 +11,9 @@ from django.core.management import call_command
 from django.db import migrations, models
 from django.test import override_settings
 
-from dbfleet.migrating.lint import lint
+from dbfleet.migrating.lint import Kind, lint
 from dbfleet.migrating.plan import decide, migratable_databases, plan
-from dbfleet.migrating.status import APPLIED, status
+from dbfleet.migrating.status import State, status
 
 ALIASES = ("default", "books", "loans")
 
@@ -90,7 +90,7 @@ def test_lint_is_clean_for_the_test_project() -> None:
 @override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.db_hint"})
 def test_lint_finds_a_db_hint_with_its_fix() -> None:
     (finding,) = lint()
-    assert finding.kind == "db-hint"
+    assert finding.kind is Kind.DB_HINT
     assert (
         finding.location()
         == "tests/migration_cases/db_hint/0001_initial.py, operation 1 (RunPython noop)"
@@ -149,13 +149,21 @@ def test_fleet_plan_flags_a_db_hint() -> None:
     call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
     assert "! has hints={'db': 'books'}" in stdout.getvalue()
     assert "fix: hints={'target_db': 'books'}" in stdout.getvalue()
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", format="json", stdout=stdout)
+    (migration,) = [
+        m for m in json.loads(stdout.getvalue())[0]["migrations"] if m["app_label"] == "library"
+    ]
+    assert migration["operations"][0]["finding"]["kind"] == "db-hint"  # The enum's value.
 
 
 @pytest.mark.django_db(databases="__all__")
 def test_status_of_the_test_databases() -> None:
     result = status()
     assert result.errors == {} and result.audit == []
-    assert result.migrations["library.0002_email_and_title"] == dict.fromkeys(ALIASES, APPLIED)
+    assert result.migrations["library.0002_email_and_title"] == dict.fromkeys(
+        ALIASES, State.APPLIED
+    )
     stdout = StringIO()
     call_command("fleet", "status", "--all", stdout=stdout)
     assert "Audit: every table is where its migrations and routes say." in stdout.getvalue()
@@ -170,7 +178,8 @@ def test_string_model_hints_resolve_like_classes() -> None:
 @override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.unknown_target"})
 def test_lint_finds_targets_that_run_nowhere() -> None:
     (finding,) = lint()
-    assert finding.kind == "unknown-target" and "'bokks'" in finding.problem
+    assert finding.kind is Kind.UNKNOWN_TARGET
+    assert "'bokks'" in finding.problem
 
 
 def test_migratable_databases_skip_aliases_nothing_is_routed_to() -> None:
