@@ -11,9 +11,11 @@ from django.core.management import call_command
 from django.db import migrations, models
 from django.test import override_settings
 
+from dbfleet.management.fleet.output import jsonable
 from dbfleet.migrating.lint import Kind, lint
 from dbfleet.migrating.plan import decide, migratable_databases, plan
 from dbfleet.migrating.status import State, status
+from dbfleet.reports import fleet_status
 
 ALIASES = ("default", "books", "loans")
 
@@ -168,6 +170,26 @@ def test_status_of_the_test_databases() -> None:
     call_command("fleet", "status", "--all", stdout=stdout)
     assert "Audit: every table is where its migrations and routes say." in stdout.getvalue()
     assert "library.0002_email_and_title" in stdout.getvalue()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_fleet_status_json_is_the_report() -> None:
+    report = fleet_status(list(ALIASES))
+    stdout = StringIO()
+    call_command("fleet", "status", format="json", stdout=stdout)
+    document = json.loads(stdout.getvalue())
+    assert document == jsonable(report)
+    assert list(document) == [
+        "databases",
+        "migrations",
+        "errors",
+        "audit",
+        "participants",
+        "in_doubt",
+        "in_doubt_unreachable",
+        "replicas",
+    ]
+    assert document["in_doubt"] == dict.fromkeys(report.participants, 0)
 
 
 def test_string_model_hints_resolve_like_classes() -> None:
