@@ -10,7 +10,7 @@ from django.core.signals import setting_changed
 from django.test import override_settings
 
 from dbfleet import conf
-from dbfleet.conf import fleet_settings, get_topology, parse
+from dbfleet.conf import ReadYourWrites, WriteGuard, fleet_settings, get_topology, parse
 from dbfleet.migrating.lint import disk_migrations
 from dbfleet.topology import Replica
 
@@ -204,3 +204,13 @@ def test_reset_forgets_the_replica_read_table() -> None:
     assert READS
     conf.reset()
     assert not READS
+
+
+def test_modes_are_enums_that_compare_as_their_strings() -> None:
+    config = parse({"WRITE_GUARD": "raise", "READ_YOUR_WRITES": "position"}, DATABASES)
+    assert config.write_guard is WriteGuard.RAISE
+    assert config.read_your_writes is ReadYourWrites.POSITION
+    mode: str = parse({"READ_YOUR_WRITES": "position"}, DATABASES).read_your_writes
+    assert mode == "position"  # What code written for strings compares.
+    unset = parse({}, DATABASES)
+    assert unset.write_guard is None and unset.read_your_writes is ReadYourWrites.TIME

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from django.apps import apps
@@ -39,8 +40,27 @@ KNOWN_KEYS = (
     "ROUTES",
     "WRITE_GUARD",
 )
-WRITE_GUARD_MODES = ("warn", "raise", "off")
-READ_YOUR_WRITES_MODES = ("time", "position")
+
+
+class WriteGuard(StrEnum):
+    """``WRITE_GUARD``: what a write outside the transaction open on another database does."""
+
+    WARN = "warn"
+    RAISE = "raise"
+    OFF = "off"
+
+
+class ReadYourWrites(StrEnum):
+    """``READ_YOUR_WRITES``: what keeps a user's next requests seeing their writes."""
+
+    #: Reads stay on the primary for READ_YOUR_WRITES_WINDOW seconds.
+    TIME = "time"
+    #: Reads go to a replica that has replayed the write.
+    POSITION = "position"
+
+
+WRITE_GUARD_MODES = tuple(mode.value for mode in WriteGuard)
+READ_YOUR_WRITES_MODES = tuple(mode.value for mode in ReadYourWrites)
 #: Settings given in seconds: (default, what the number means for the hint, check id).
 SECONDS = {
     "MAX_LAG": (
@@ -83,8 +103,8 @@ class FleetSettings:
     default_database: str = DEFAULT_DB_ALIAS
     routes: Mapping[str, str] = field(default_factory=dict)
     replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
-    write_guard: str | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
-    read_your_writes: str = "time"
+    write_guard: WriteGuard | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
+    read_your_writes: ReadYourWrites = ReadYourWrites.TIME
     cookie: str = "dbfleet_primary"
     #: The settings in ``SECONDS``, by key.
     seconds: Mapping[str, float] = field(
@@ -183,6 +203,8 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
             )
         )
         write_guard = None
+    elif write_guard is not None:
+        write_guard = WriteGuard(write_guard)
     seconds = {key: _parse_seconds(raw, key, problems) for key in SECONDS}
     mode = raw.get("READ_YOUR_WRITES", FleetSettings.read_your_writes)
     if mode not in READ_YOUR_WRITES_MODES:
@@ -197,6 +219,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
             )
         )
         mode = FleetSettings.read_your_writes
+    mode = ReadYourWrites(mode)
     cookie = raw.get("READ_YOUR_WRITES_COOKIE", FleetSettings.cookie)
     if not isinstance(cookie, str) or not COOKIE_NAME.fullmatch(cookie):
         problems.append(
