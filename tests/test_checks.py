@@ -406,7 +406,7 @@ def test_e021_unknown_read_your_writes_mode() -> None:
     assert message.hint is not None and "Did you mean 'position'?" in message.hint
 
 
-BAD_SECONDS = [-1, "2", float("nan"), None]
+BAD_SECONDS = [-1, "2", "soon", float("nan"), None]
 
 
 def bad_seconds(key: str, seconds: object, check_id: str) -> None:
@@ -456,6 +456,7 @@ def test_e025_chained_replica() -> None:
         (1.5, "Weights are whole numbers: use {'alias': 'replica', 'weight': 2}, or scale "
          "every weight of the group to whole numbers."),
         (None, "Use a whole number, such as {'alias': 'replica', 'weight': 1}."),
+        ("two", "Use a whole number, such as {'alias': 'replica', 'weight': 1}."),
     ],
 )  # fmt: skip
 def test_e026_replica_weight_not_a_whole_number(weight: object, fix: str) -> None:

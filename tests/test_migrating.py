@@ -207,3 +207,30 @@ def test_lint_finds_targets_that_run_nowhere() -> None:
 def test_migratable_databases_skip_aliases_nothing_is_routed_to() -> None:
     with override_settings(DBFLEET={"ROUTES": {"library.Book": "books"}}):
         assert migratable_databases() == ["default", "books"]
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.several"})
+@pytest.mark.django_db(databases="__all__")
+def test_lint_reports_each_problem_of_an_operation() -> None:
+    found = [(finding.position, finding.kind, finding.fix) for finding in lint()]
+    model, choices = "'model': 'nowhere.Nothing'", "'default', 'books', 'loans'"
+    assert found == [
+        (1, Kind.UNKNOWN_TARGET, f"target_db one of {choices}, or model='app_label.Model'"),
+        (2, Kind.UNKNOWN_TARGET, f"hints={{'target_db': ['books', 'replica'], {model}}}"),
+        (
+            2,
+            Kind.REPLICA_TARGET,
+            f"hints={{'target_db': ['books', 'bokks', 'default'], {model}}} (the primary: its "
+            "replicas copy what it does)",
+        ),
+        (2, Kind.UNKNOWN_MODEL, "model='app_label.Model', naming an installed model"),
+    ]
+    problems = [finding.problem for finding in lint()]
+    assert "target_db 5 is neither a database alias nor a list of aliases" in problems[0]
+    # Only part of the list is wrong: the operation still runs on 'books'.
+    assert "runs nowhere" not in problems[1] and "runs nowhere" not in problems[2]
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
+    # The plan marks each operation with its first finding.
+    assert "! has hints={'target_db': 5}" in stdout.getvalue()
+    assert "cannot run: a target_db of 5 crashes migrate" in stdout.getvalue()

@@ -209,7 +209,7 @@ def _target_problems(hints: dict[str, Any], topology: Topology) -> Iterator[tupl
             Kind.UNKNOWN_TARGET,
             f"has hints={hints!r}: target_db names {', '.join(map(repr, unknown))}, not in "
             "DATABASES" + _nowhere(unknown, aliases),
-            f"hints={ {**hints, 'target_db': _like(target_db, fixed)}!r}"
+            f"hints={ {**hints, 'target_db': _like(target_db, list(dict.fromkeys(fixed)))}!r}"
             if all(meant.values())
             else f"target_db one of {choices}, or model='app_label.Model'",
         )
