@@ -49,8 +49,10 @@ def database(alias: str, prefix: str = PREFIX, directory: str = "") -> dict[str,
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
     url = POSTGRES_URL if engine == "postgres" else MYSQL_URL
     config: dict[str, Any] = dict(dj_database_url.parse(f"{url}/{prefix}_{alias}"))
+    # A server that never answers fails a connection in seconds (dbfleet.W006).
+    config["OPTIONS"] = {"connect_timeout": 10}
     if engine == "mysql":
-        config["OPTIONS"] = {"charset": "utf8mb4"}
+        config["OPTIONS"]["charset"] = "utf8mb4"
         config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
     return config
 

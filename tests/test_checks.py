@@ -17,8 +17,13 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+from dbfleet.check_ids import CheckId
+from dbfleet.checks import MIGRATION_CHECKS
+from dbfleet.conf import parse
+from dbfleet.migrating.lint import Kind
+from dbfleet.topology import Replica
 from tests.servers import scratch_postgres
-from tests.settings import CONFIGURATION
+from tests.settings import CONFIGURATION, DATABASES, ENGINES
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = {"library.Book": "books", "library.Review": "books", "loans": "loans"}
@@ -74,8 +79,26 @@ def test_e007_unknown_default_database() -> None:
     only(problems(DEFAULT_DATABASE="main"), "dbfleet.E007")
 
 
-def test_e008_malformed_replicas() -> None:
-    only(problems(REPLICAS={"default": [{"alias": "replica", "weight": -1}]}), "dbfleet.E008")
+@pytest.mark.parametrize(
+    ("replicas", "message"),
+    [
+        (["replica"], 'DBFLEET["REPLICAS"] must be a dict, not list.'),
+        ({"default": "replica"}, "DBFLEET[\"REPLICAS\"]['default'] must be a list, not str."),
+        (
+            {"default": [3]},
+            "DBFLEET[\"REPLICAS\"]['default'][0] is 3, which is neither a database alias nor "
+            'a dict with "alias".',
+        ),
+        (
+            {"default": [{"weight": 2}]},
+            "DBFLEET[\"REPLICAS\"]['default'][0] = {'weight': 2}: it has no \"alias\".",
+        ),
+    ],
+)
+def test_e008_malformed_replicas(replicas: object, message: str) -> None:
+    found = only(problems(REPLICAS=replicas), "dbfleet.E008")
+    assert found.msg == message
+    assert found.hint is not None and "replica2" in found.hint and "weight" in found.hint
 
 
 def test_e009_unknown_replica() -> None:
@@ -90,7 +113,11 @@ def test_e010_replica_under_two_primaries() -> None:
 
 
 def test_e011_routed_to_a_replica() -> None:
-    only(problems(ROUTES={**ROUTES, "loans": "replica"}), "dbfleet.E011")
+    message = only(problems(ROUTES={**ROUTES, "loans": "replica"}), "dbfleet.E011")
+    assert message.msg == (
+        "DBFLEET[\"ROUTES\"]['loans'] routes to 'replica', which is a replica of 'default'."
+    )
+    assert message.hint is not None and "'loans': 'default'" in message.hint
 
 
 @override_settings(DATABASE_ROUTERS=[])
@@ -156,8 +183,16 @@ def test_e016_route_to_a_proxy() -> None:
     assert message.hint is not None and '"library.Book"' in message.hint
 
 
+#: On SQLite a replica of 'books' that mirrors 'default' is also another file than its primary.
+ANOTHER_FILE: set[CheckId] = (
+    {CheckId.REPLICA_ON_ANOTHER_SQLITE_FILE} if ENGINES["books"] == "sqlite" else set()
+)
+
+
 def test_w001_replica_does_not_mirror_its_primary() -> None:
-    message = only(problems(REPLICAS={"books": ["replica"]}), "dbfleet.W001")
+    messages = problems(REPLICAS={"books": ["replica"]})
+    messages = [message for message in messages if message.id not in ANOTHER_FILE]
+    message = only(messages, "dbfleet.W001")
     assert message.hint is not None and '{"MIRROR": "books"}' in message.hint
 
 
@@ -194,13 +229,154 @@ def ids_in(text: str) -> set[str]:
 def test_check_ids_are_listed_once_in_the_readme_and_each_has_a_test() -> None:
     source = "".join(path.read_text() for path in (ROOT / "src" / "dbfleet").rglob("*.py"))
     readme_rows = re.findall(
-        r"^\| `(dbfleet\.[EW]\d{3})` \|", (ROOT / "README.md").read_text(), re.M
+        r"^\| `(dbfleet\.[EW]\d{3})` \| (.+?) \|", (ROOT / "README.md").read_text(), re.M
     )
-    assert len(readme_rows) == len(set(readme_rows)), "an id is listed twice"
-    assert set(readme_rows) == ids_in(source)
+    ids = [check_id for check_id, _ in readme_rows]
+    assert len(ids) == len(set(ids)), "an id is listed twice"
+    assert ids_in(source) == {check.value for check in CheckId}
+    # The README describes each id's problem in the registry's words.
+    assert dict(readme_rows) == {check.value: check.problem for check in CheckId}
     tests = Path(__file__).read_text()
-    for check_id in ids_in(source):
-        assert f"def test_{check_id.split('.')[1].lower()}_" in tests
+    for check in CheckId:
+        assert f"def test_{check.value.split('.')[1].lower()}_" in tests
+
+
+def test_check_ids_are_numbered_in_the_order_they_were_added() -> None:
+    """Append-only: a new problem takes the next number; none is skipped or reused."""
+    for letter in "EW":
+        numbers = [int(check.value[-3:]) for check in CheckId if check.value[8] == letter]
+        assert numbers == list(range(1, len(numbers) + 1))
+
+
+def fleet(**dbfleet: Any) -> dict[str, Any]:
+    """Settings with the test project's DBFLEET, changed by ``dbfleet``."""
+    return {"DBFLEET": {"ROUTES": ROUTES, "REPLICAS": REPLICAS, **dbfleet}}
+
+
+def cases(module: str) -> dict[str, Any]:
+    return {**fleet(), "MIGRATION_MODULES": {"library": f"tests.migration_cases.{module}"}}
+
+
+EARLIER_ROUTER = ["tests.routers.EverythingToDefault", "dbfleet.Router"]
+#: (the problem, settings that have exactly that problem, ids that necessarily come along).
+#: Several settings per problem where the problem can be spelt several ways: each must
+#: be reported with the problem's one id, and no other problem with that id.
+PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
+    (CheckId.DBFLEET_NOT_A_DICT, {"DBFLEET": ["books"]}, set()),
+    (CheckId.UNKNOWN_KEY, fleet(REPLICA={}), set()),
+    (CheckId.MALFORMED_ROUTES, fleet(ROUTES="books"), set()),
+    (CheckId.MALFORMED_ROUTES, fleet(ROUTES={"library.Book.content": "books"}), set()),
+    (CheckId.MALFORMED_ROUTES, fleet(ROUTES={**ROUTES, "loans": 1}), set()),
+    (CheckId.ROUTE_TO_UNKNOWN_DATABASE, fleet(ROUTES={**ROUTES, "loans": "loan"}), set()),
+    (CheckId.ROUTE_TO_UNKNOWN_APP, fleet(ROUTES={**ROUTES, "lons": "loans"}), set()),
+    (CheckId.ROUTE_TO_UNKNOWN_MODEL, fleet(ROUTES={**ROUTES, "library.Bok": "books"}), set()),
+    (CheckId.UNKNOWN_DEFAULT_DATABASE, fleet(DEFAULT_DATABASE="main"), set()),
+    (CheckId.UNKNOWN_DEFAULT_DATABASE, fleet(DEFAULT_DATABASE=7), set()),
+    (CheckId.MALFORMED_REPLICAS, fleet(REPLICAS=["replica"]), set()),
+    (CheckId.MALFORMED_REPLICAS, fleet(REPLICAS={"default": "replica"}), set()),
+    (CheckId.MALFORMED_REPLICAS, fleet(REPLICAS={"default": [3]}), set()),
+    (CheckId.MALFORMED_REPLICAS, fleet(REPLICAS={"default": [{"weight": 2}]}), set()),
+    (CheckId.MALFORMED_REPLICAS, fleet(REPLICAS={"default": [{"alias": 1}]}), set()),
+    (CheckId.REPLICAS_UNKNOWN_DATABASE, fleet(REPLICAS={"default": ["replica9"]}), set()),
+    (CheckId.REPLICAS_UNKNOWN_DATABASE, fleet(REPLICAS={"main": ["replica"]}), set()),
+    (
+        CheckId.REPLICA_UNDER_TWO_PRIMARIES,
+        fleet(REPLICAS={"default": ["replica"], "books": ["replica"]}),
+        set(),
+    ),
+    (CheckId.ROUTE_TO_REPLICA, fleet(ROUTES={**ROUTES, "loans": "replica"}), set()),
+    (CheckId.ROUTER_NOT_INSTALLED, {**fleet(), "DATABASE_ROUTERS": []}, set()),
+    (CheckId.EARLIER_ROUTER_OVERRIDES, {**fleet(), "DATABASE_ROUTERS": EARLIER_ROUTER}, set()),
+    (CheckId.RELATION_ACROSS_GROUPS, fleet(ROUTES={**ROUTES, "library.Review": "loans"}), set()),
+    (CheckId.RELATION_ACROSS_GROUPS, fleet(ROUTES={**ROUTES, "loans.Shelf": "default"}), set()),
+    (
+        CheckId.AUTH_APART_FROM_CONTENTTYPES,
+        fleet(ROUTES={**ROUTES, "contenttypes": "books"}),
+        {CheckId.RELATION_ACROSS_GROUPS},  # The admin's LogEntry.content_type, too.
+    ),
+    (
+        CheckId.ROUTE_TO_DEPENDENT_MODEL,
+        fleet(ROUTES={**ROUTES, "library.BookProxy": "books"}),
+        set(),
+    ),
+    (
+        CheckId.ROUTE_TO_DEPENDENT_MODEL,
+        fleet(ROUTES={**ROUTES, "loans.Loan_books_read": "default"}),
+        set(),
+    ),
+    (CheckId.DB_HINT, cases("db_hint"), set()),
+    (CheckId.HINT_TO_UNKNOWN_DATABASE, cases("unknown_target"), set()),
+    (CheckId.UNKNOWN_WRITE_GUARD, fleet(WRITE_GUARD="rasie"), set()),
+    (CheckId.BAD_RECOVERY_GRACE, fleet(RECOVERY_GRACE=-1), set()),
+    (CheckId.BAD_RECOVERY_GRACE, fleet(RECOVERY_GRACE="60"), set()),
+    (CheckId.UNKNOWN_READ_YOUR_WRITES, fleet(READ_YOUR_WRITES="positoin"), set()),
+    (CheckId.BAD_MAX_LAG, fleet(MAX_LAG=-1), set()),
+    (CheckId.BAD_MAX_LAG, fleet(MAX_LAG="2"), set()),
+    (CheckId.BAD_COOKIE_NAME, fleet(READ_YOUR_WRITES_COOKIE="two words"), set()),
+    (CheckId.DEFAULT_DATABASE_IS_A_REPLICA, fleet(DEFAULT_DATABASE="replica"), set()),
+    (
+        CheckId.CHAINED_REPLICA,
+        fleet(REPLICAS={"default": ["replica"], "replica": ["books"]}),
+        set(),
+    ),
+    *(
+        (
+            CheckId.BAD_REPLICA_WEIGHT,
+            fleet(REPLICAS={"default": [{"alias": "replica", "weight": w}]}),
+            set(),
+        )
+        for w in (0, -3, "2", True, 1.5, None)
+    ),
+    (
+        CheckId.UNKNOWN_REPLICA_KEY,
+        fleet(REPLICAS={"default": [{"alias": "replica", "wieght": 2}]}),
+        set(),
+    ),
+    (CheckId.BAD_REPLICA_COOLDOWN, fleet(REPLICA_COOLDOWN=-1), set()),
+    (CheckId.BAD_REPLICA_CHECK_INTERVAL, fleet(REPLICA_CHECK_INTERVAL=-1), set()),
+    (CheckId.BAD_READ_YOUR_WRITES_WINDOW, fleet(READ_YOUR_WRITES_WINDOW=-1), set()),
+    (CheckId.HINT_TO_REPLICA, cases("replica_target"), set()),
+    (CheckId.HINT_TO_UNKNOWN_MODEL, cases("unknown_model"), set()),
+    (
+        CheckId.REPLICA_MIRRORS_ANOTHER_DATABASE,
+        fleet(REPLICAS={"books": ["replica"]}),
+        ANOTHER_FILE,
+    ),
+    (CheckId.BAD_PROBE_TIMEOUT, fleet(PROBE_TIMEOUT=-1), set()),
+    # A soft relation across groups comes with a hard one: Member, Favourite and Shelf are
+    # tied by constraints, and Loan by its many-to-many to Shelf.
+    (
+        CheckId.SOFT_RELATION_ACROSS_GROUPS,
+        fleet(ROUTES={**ROUTES, "loans.Member": "default"}),
+        {CheckId.RELATION_ACROSS_GROUPS},
+    ),
+    (CheckId.UNHINTED_OPERATION, cases("unhinted"), set()),
+]
+#: Checks that need a server or an engine set up for them: tested on their own.
+DATABASE_CHECKS = {
+    CheckId.NO_PREPARED_TRANSACTIONS,
+    CheckId.REPLICA_ON_ANOTHER_SQLITE_FILE,
+    CheckId.REPLICA_WITHOUT_CONNECT_TIMEOUT,
+    CheckId.REPLICA_DOES_NOT_REPLICATE,
+}
+
+
+@pytest.mark.parametrize(
+    ("problem", "changed", "along"),
+    PROBLEMS,
+    ids=[f"{problem.value}-{i}" for i, (problem, _, _) in enumerate(PROBLEMS)],
+)
+def test_each_problem_is_reported_with_its_one_id(
+    problem: CheckId, changed: dict[str, Any], along: set[CheckId]
+) -> None:
+    with override_settings(**changed):
+        found = {message.id for message in run_checks(tags=["dbfleet"])}
+    assert found == {problem.value} | along
+
+
+def test_every_problem_has_its_case() -> None:
+    assert {problem for problem, _, _ in PROBLEMS} | DATABASE_CHECKS == set(CheckId)
+    assert set(MIGRATION_CHECKS) == set(Kind)
 
 
 def migration_problems(module: str, app: str = "library") -> list[CheckMessage]:
@@ -220,6 +396,7 @@ def test_e017_db_hint_crashes_migrate() -> None:
 def test_e018_target_db_not_in_databases() -> None:
     message = only(migration_problems("unknown_target"), "dbfleet.E018")
     assert "'bokks'" in message.msg
+    assert message.hint == "Use hints={'target_db': 'books'}."
 
 
 def test_w003_unhinted_operation_in_a_split_app() -> None:
@@ -244,7 +421,8 @@ def test_e019_unknown_write_guard_mode() -> None:
 
 @pytest.mark.parametrize("grace", [-1, "60", float("inf"), True])
 def test_e020_recovery_grace_not_a_number_of_seconds(grace: object) -> None:
-    only(problems(RECOVERY_GRACE=grace), "dbfleet.E020")
+    message = only(problems(RECOVERY_GRACE=grace), "dbfleet.E020")
+    assert message.msg.startswith(f'DBFLEET["RECOVERY_GRACE"] is {grace!r}')
 
 
 def test_e021_unknown_read_your_writes_mode() -> None:
@@ -252,18 +430,121 @@ def test_e021_unknown_read_your_writes_mode() -> None:
     assert message.hint is not None and "Did you mean 'position'?" in message.hint
 
 
-@pytest.mark.parametrize(
-    "key", ["MAX_LAG", "REPLICA_COOLDOWN", "REPLICA_CHECK_INTERVAL", "READ_YOUR_WRITES_WINDOW"]
-)
-@pytest.mark.parametrize("seconds", [-1, "2", float("nan"), None])
-def test_e022_replica_timing_not_a_number_of_seconds(key: str, seconds: object) -> None:
-    message = only(problems(**{key: seconds}), "dbfleet.E022")
-    assert key in message.msg and message.hint is not None and "default" in message.hint
+BAD_SECONDS = [-1, "2", "soon", float("nan"), None]
+
+
+def bad_seconds(key: str, seconds: object, check_id: str) -> None:
+    """``key`` set to ``seconds`` is reported as ``check_id``, naming the key and the value."""
+    message = only(problems(**{key: seconds}), check_id)
+    assert message.msg.startswith(f'DBFLEET["{key}"] is {seconds!r}, which is not a number')
+    assert message.hint is not None and "default" in message.hint
+    if seconds == "2":
+        assert message.hint.endswith("Write it without quotes: 2.")
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS)
+def test_e022_max_lag_not_a_number_of_seconds(seconds: object) -> None:
+    bad_seconds("MAX_LAG", seconds, "dbfleet.E022")
 
 
 @pytest.mark.parametrize("cookie", ["", "two words", "semi;colon", 7])
 def test_e023_read_your_writes_cookie_not_a_cookie_name(cookie: object) -> None:
     only(problems(READ_YOUR_WRITES_COOKIE=cookie), "dbfleet.E023")
+
+
+def test_e024_default_database_is_a_replica() -> None:
+    message = only(problems(DEFAULT_DATABASE="replica"), "dbfleet.E024")
+    assert message.msg == (
+        "DBFLEET[\"DEFAULT_DATABASE\"] is 'replica', which is a replica of 'default'."
+    )
+    assert message.hint is not None and "\"DEFAULT_DATABASE\": 'default'" in message.hint
+
+
+def test_e025_chained_replica() -> None:
+    message = only(
+        problems(REPLICAS={"default": ["replica"], "replica": ["books"]}), "dbfleet.E025"
+    )
+    assert message.msg.startswith("'replica' is a replica of 'default' and also has replicas")
+    assert message.hint is not None and message.hint.startswith("Move 'books' under 'default'")
+
+
+@pytest.mark.parametrize(
+    ("weight", "fix"),
+    [
+        (0, "Use a weight >= 1, such as {'alias': 'replica', 'weight': 1}. To send no reads to "
+         "'replica', remove it from the list."),
+        (-3, "Use a weight >= 1, such as {'alias': 'replica', 'weight': 1}. To send no reads to "
+         "'replica', remove it from the list."),
+        ("2", "Write the number without quotes: {'alias': 'replica', 'weight': 2}."),
+        (True, "Use a number, not True: {'alias': 'replica', 'weight': 1}."),
+        (1.5, "Weights are whole numbers: use {'alias': 'replica', 'weight': 2}, or scale "
+         "every weight of the group to whole numbers."),
+        (None, "Use a whole number, such as {'alias': 'replica', 'weight': 1}."),
+        ("two", "Use a whole number, such as {'alias': 'replica', 'weight': 1}."),
+    ],
+)  # fmt: skip
+def test_e026_replica_weight_not_a_whole_number(weight: object, fix: str) -> None:
+    message = only(
+        problems(REPLICAS={"default": [{"alias": "replica", "weight": weight}]}), "dbfleet.E026"
+    )
+    assert message.msg.startswith(
+        f'DBFLEET["REPLICAS"][\'default\'][0]["weight"] is {weight!r}, which is not a '
+        "whole number >= 1"
+    )
+    assert message.hint == fix
+
+
+def test_e026_reported_for_the_entry_it_is_in() -> None:
+    replicas = {"default": ["replica", {"alias": "replica2", "weight": 0}]}
+    config = parse({"REPLICAS": replicas}, ("default", "replica", "replica2"))
+    message = only(list(config.problems), "dbfleet.E026")
+    assert "['default'][1][\"weight\"] is 0" in message.msg
+    assert config.replicas == {"default": (Replica("replica"),)}  # The bad entry left out.
+
+
+@pytest.mark.parametrize(
+    ("entry", "fix"),
+    [
+        ({"alias": "replica", "wieght": 2}, "Use {'alias': 'replica', 'weight': 2}."),
+        ({"alias": "replica", "lag": 1}, "Use {'alias': 'replica'}."),
+    ],
+)
+def test_e027_replica_entry_with_an_unknown_key(entry: dict[str, Any], fix: str) -> None:
+    message = only(problems(REPLICAS={"default": [entry]}), "dbfleet.E027")
+    key = next(key for key in entry if key != "alias")
+    assert message.msg.startswith(
+        f"DBFLEET[\"REPLICAS\"]['default'][0] = {entry!r} has the key {key!r}"
+    )
+    assert ("Did you mean 'weight'?" in message.msg) == (key == "wieght")
+    assert message.hint == fix
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS)
+def test_e028_replica_cooldown_not_a_number_of_seconds(seconds: object) -> None:
+    bad_seconds("REPLICA_COOLDOWN", seconds, "dbfleet.E028")
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS)
+def test_e029_replica_check_interval_not_a_number_of_seconds(seconds: object) -> None:
+    bad_seconds("REPLICA_CHECK_INTERVAL", seconds, "dbfleet.E029")
+
+
+@pytest.mark.parametrize("seconds", BAD_SECONDS)
+def test_e030_read_your_writes_window_not_a_number_of_seconds(seconds: object) -> None:
+    bad_seconds("READ_YOUR_WRITES_WINDOW", seconds, "dbfleet.E030")
+
+
+def test_e031_target_db_names_a_replica() -> None:
+    message = only(migration_problems("replica_target"), "dbfleet.E031")
+    assert "target_db names 'replica' (a replica of 'default')" in message.msg
+    assert message.hint is not None
+    assert message.hint.startswith("Use hints={'target_db': 'default'}")
+
+
+def test_e032_model_hint_names_no_installed_model() -> None:
+    message = only(migration_problems("unknown_model"), "dbfleet.E032")
+    assert "model 'library.Bok' is not an installed model" in message.msg
+    assert message.hint == "Use hints={'model': 'library.Book'}."
 
 
 @pytest.mark.skipif(
@@ -283,3 +564,45 @@ def test_w004_postgres_without_prepared_transactions() -> None:
     assert "System check identified 1 issue" in result.stderr
     assert "Database 'scratch' (PostgreSQL) has max_prepared_transactions = 0" in result.stderr
     assert "ALTER SYSTEM SET max_prepared_transactions = 64" in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.skipif(ENGINES["books"] != "sqlite", reason="'books' is on a server here")
+def test_w005_sqlite_replica_is_another_file(tmp_path: Path) -> None:
+    copy = {**DATABASES["books"], "NAME": str(tmp_path / "copy.sqlite3")}
+    copy["TEST"] = {"MIRROR": "default"}
+    with override_settings(DATABASES={**DATABASES, "copy": copy}):
+        message = only(problems(REPLICAS={"default": ["copy"]}), "dbfleet.W005")
+    assert "SQLite does not replicate" in message.msg
+    assert message.hint is not None and "remove it from DBFLEET['REPLICAS']['default']" in (
+        message.hint
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.skipif(ENGINES["default"] == "sqlite", reason="SQLite has no connect timeout")
+def test_w006_replica_without_connect_timeout() -> None:
+    replica = {**DATABASES["replica"], "OPTIONS": {}}
+    with override_settings(DATABASES={**DATABASES, "replica": replica}):
+        message = only(problems(), "dbfleet.W006")
+    assert message.hint == "Set DATABASES['replica'][\"OPTIONS\"]['connect_timeout'] = 5 (seconds)."
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_w007_replica_that_replicates_from_nothing() -> None:
+    with override_settings(DBFLEET={"ROUTES": ROUTES, "REPLICAS": {"default": ["books"]}}):
+        messages = run_checks(databases=["default"], tags=["database"])
+    message = only(messages, "dbfleet.W007")
+    assert "replicates from nothing" in message.msg
+    assert message.hint is not None and "Point DATABASES['books'] at a replica of" in message.hint
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_w007_is_silent_for_a_test_mirror() -> None:
+    found = run_checks(databases=list(DATABASES), tags=["database"])
+    assert "dbfleet.W007" not in {message.id for message in found}
+
+
+def test_e033_probe_timeout_not_seconds() -> None:
+    message = only(problems(PROBE_TIMEOUT="5"), "dbfleet.E033")
+    assert "PROBE_TIMEOUT" in message.msg and "'5'" in message.msg

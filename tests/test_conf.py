@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.core.signals import setting_changed
 from django.test import override_settings
 
-from dbfleet.conf import fleet_settings, get_topology, parse
+from dbfleet import conf
+from dbfleet.conf import ReadYourWrites, WriteGuard, fleet_settings, get_topology, parse
+from dbfleet.migrating.lint import disk_migrations
 from dbfleet.topology import Replica
 
 DATABASES = ("default", "books", "loans", "replica", "replica2")
@@ -79,14 +83,38 @@ def test_unknown_default_database_falls_back_to_default(default: Any) -> None:
         ["replica"],
         {"default": "replica"},
         {"default": [3]},
-        {"default": [{"alias": "replica", "weight": 0}]},
-        {"default": [{"alias": "replica", "weight": True}]},
-        {"default": [{"alias": "replica", "lag": 1}]},
+        {"default": [{"weight": 2}]},
+        {"default": [{"alias": None}]},
         {1: ["replica"]},
     ],
 )
 def test_malformed_replicas(replicas: Any) -> None:
     assert ids({"REPLICAS": replicas}) == ["dbfleet.E008"]
+
+
+@pytest.mark.parametrize("weight", [0, -3, "2", True, 1.5])
+def test_bad_replica_weight_leaves_the_replica_out(weight: Any) -> None:
+    config = parse({"REPLICAS": {"default": [{"alias": "replica", "weight": weight}]}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E026"]
+    assert config.replicas == {"default": ()}
+
+
+@pytest.mark.parametrize(
+    "entry", [{"alias": "replica", "lag": 1}, {"alias": "replica", "wieght": 2}]
+)
+def test_unknown_replica_key_leaves_the_replica_out(entry: Any) -> None:
+    config = parse({"REPLICAS": {"default": [entry]}}, DATABASES)
+    assert [problem.id for problem in config.problems] == ["dbfleet.E027"]
+    assert config.replicas == {"default": ()}
+
+
+def test_each_problem_of_one_replica_entry_is_reported() -> None:
+    entry = {"wieght": 2, "weight": 0}
+    assert ids({"REPLICAS": {"default": [entry]}}) == [
+        "dbfleet.E027",
+        "dbfleet.E008",
+        "dbfleet.E026",
+    ]
 
 
 def test_unknown_replica_or_primary() -> None:
@@ -101,16 +129,33 @@ def test_replica_under_two_primaries_stays_with_the_first() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "check_id"),
     [
-        {"REPLICAS": {"default": ["replica"]}, "ROUTES": {"books": "replica"}},
-        {"REPLICAS": {"default": ["replica"]}, "DEFAULT_DATABASE": "replica"},
-        {"REPLICAS": {"default": ["replica"], "replica": ["replica2"]}},
+        ({"REPLICAS": {"default": ["replica"]}, "ROUTES": {"books": "replica"}}, "dbfleet.E011"),
+        ({"REPLICAS": {"default": ["replica"]}, "DEFAULT_DATABASE": "replica"}, "dbfleet.E024"),
+        ({"REPLICAS": {"default": ["replica"], "replica": ["replica2"]}}, "dbfleet.E025"),
     ],
     ids=["routed-to", "default-database", "chained"],
 )
-def test_replica_used_as_a_primary(raw: Any) -> None:
-    assert ids(raw) == ["dbfleet.E011"]
+def test_replica_used_as_a_primary(raw: Any, check_id: str) -> None:
+    """Three problems, three ids (they once shared E011)."""
+    assert ids(raw) == [check_id]
+
+
+@pytest.mark.parametrize(
+    ("key", "check_id"),
+    [
+        ("RECOVERY_GRACE", "dbfleet.E020"),
+        ("MAX_LAG", "dbfleet.E022"),
+        ("REPLICA_COOLDOWN", "dbfleet.E028"),
+        ("REPLICA_CHECK_INTERVAL", "dbfleet.E029"),
+        ("READ_YOUR_WRITES_WINDOW", "dbfleet.E030"),
+    ],
+)
+def test_each_seconds_setting_has_its_own_id(key: str, check_id: str) -> None:
+    config = parse({key: "2"}, DATABASES)
+    assert [problem.id for problem in config.problems] == [check_id]
+    assert config.seconds[key] == parse({}, DATABASES).seconds[key]  # The default stands.
 
 
 def test_settings_are_cached_and_reset_when_they_change() -> None:
@@ -121,3 +166,46 @@ def test_settings_are_cached_and_reset_when_they_change() -> None:
         assert get_topology() is not before
     assert get_topology() is not before
     assert get_topology().route_for("library", "book") == "books"
+
+
+@pytest.mark.parametrize("setting", sorted(conf.WATCHED_SETTINGS))
+def test_one_reset_on_setting_changed_clears_every_registered_cache(
+    setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(conf, "_CLEARS", list(conf._CLEARS))
+    cleared: list[str] = []
+    conf.clears_on_reset(lambda: cleared.append("mine"))
+    value = getattr(settings, setting, {})
+    # What override_settings sends as it ends (enter=True would warn about DATABASES).
+    setting_changed.send(sender=type(settings), setting=setting, value=value, enter=False)
+    assert cleared == ["mine"]
+    setting_changed.send(sender=type(settings), setting="USE_TZ", value=True, enter=True)
+    assert cleared == ["mine"]  # A setting dbfleet derives nothing from.
+
+
+def test_reset_forgets_the_migrations_on_disk() -> None:
+    before = disk_migrations()
+    assert disk_migrations() is before
+    conf.reset()
+    assert disk_migrations() is not before
+    with override_settings(DBFLEET={"ROUTES": {"library": "loans"}}):
+        assert disk_migrations() is not before
+
+
+def test_reset_forgets_the_replica_read_table() -> None:
+    from dbfleet.replicas.choice import READS
+
+    READS[None]
+    assert READS
+    conf.reset()
+    assert not READS
+
+
+def test_modes_are_enums_that_compare_as_their_strings() -> None:
+    config = parse({"WRITE_GUARD": "raise", "READ_YOUR_WRITES": "position"}, DATABASES)
+    assert config.write_guard is WriteGuard.RAISE
+    assert config.read_your_writes is ReadYourWrites.POSITION
+    mode: str = parse({"READ_YOUR_WRITES": "position"}, DATABASES).read_your_writes
+    assert mode == "position"  # What code written for strings compares.
+    unset = parse({}, DATABASES)
+    assert unset.write_guard is None and unset.read_your_writes is ReadYourWrites.TIME

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
+
+from dbfleet.management.fleet.output import jsonable, to_json
+from dbfleet.migrating.runner import Result
+from dbfleet.migrating.status import State
+from dbfleet.reports import routes_report
 
 
 def fleet(*args: str, **options: Any) -> tuple[str, str]:
@@ -107,3 +113,33 @@ def test_subcommand_is_required() -> None:
 
 def test_verbosity_after_the_subcommand() -> None:
     assert fleet("routes", "-v", "0")[0] == fleet("routes", verbosity=0)[0]
+
+
+def test_json_is_the_report_the_table_shows() -> None:
+    report = routes_report()
+    assert json.loads(fleet("routes", format="json")[0]) == jsonable(report)
+    output, _ = fleet("routes")
+    for route in report.models:
+        assert row(output, route.model)[2] == route.write
+    for database in report.databases:
+        assert f"{database.alias} ({database.vendor})" in output
+
+
+def test_one_json_renderer_for_every_report() -> None:
+    @dataclass(frozen=True)
+    class Step:
+        state: State
+        names: tuple[str, ...]
+
+    @dataclass(frozen=True)
+    class Report:
+        steps: list[Step]
+        results: dict[str, Result]
+        lag: float | None = None
+
+    report = Report([Step(State.NOT_ROUTED, ("a", "b"))], {"books": Result.UP_TO_DATE})
+    assert json.loads(to_json(report)) == {
+        "steps": [{"state": "not routed", "names": ["a", "b"]}],
+        "results": {"books": "up to date"},
+        "lag": None,
+    }

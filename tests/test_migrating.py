@@ -11,9 +11,11 @@ from django.core.management import call_command
 from django.db import migrations, models
 from django.test import override_settings
 
-from dbfleet.migrating.lint import lint
+from dbfleet.management.fleet.output import jsonable
+from dbfleet.migrating.lint import Kind, lint
 from dbfleet.migrating.plan import decide, migratable_databases, plan
-from dbfleet.migrating.status import APPLIED, status
+from dbfleet.migrating.status import State, status
+from dbfleet.reports import fleet_status
 
 ALIASES = ("default", "books", "loans")
 
@@ -90,7 +92,7 @@ def test_lint_is_clean_for_the_test_project() -> None:
 @override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.db_hint"})
 def test_lint_finds_a_db_hint_with_its_fix() -> None:
     (finding,) = lint()
-    assert finding.kind == "db-hint"
+    assert finding.kind is Kind.DB_HINT
     assert (
         finding.location()
         == "tests/migration_cases/db_hint/0001_initial.py, operation 1 (RunPython noop)"
@@ -149,17 +151,45 @@ def test_fleet_plan_flags_a_db_hint() -> None:
     call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
     assert "! has hints={'db': 'books'}" in stdout.getvalue()
     assert "fix: hints={'target_db': 'books'}" in stdout.getvalue()
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", format="json", stdout=stdout)
+    (migration,) = [
+        m for m in json.loads(stdout.getvalue())[0]["migrations"] if m["app_label"] == "library"
+    ]
+    assert migration["operations"][0]["finding"]["kind"] == "db-hint"  # The enum's value.
 
 
 @pytest.mark.django_db(databases="__all__")
 def test_status_of_the_test_databases() -> None:
     result = status()
     assert result.errors == {} and result.audit == []
-    assert result.migrations["library.0002_email_and_title"] == dict.fromkeys(ALIASES, APPLIED)
+    assert result.migrations["library.0002_email_and_title"] == dict.fromkeys(
+        ALIASES, State.APPLIED
+    )
     stdout = StringIO()
     call_command("fleet", "status", "--all", stdout=stdout)
     assert "Audit: every table is where its migrations and routes say." in stdout.getvalue()
     assert "library.0002_email_and_title" in stdout.getvalue()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_fleet_status_json_is_the_report() -> None:
+    report = fleet_status(list(ALIASES))
+    stdout = StringIO()
+    call_command("fleet", "status", format="json", stdout=stdout)
+    document = json.loads(stdout.getvalue())
+    assert document == jsonable(report)
+    assert list(document) == [
+        "databases",
+        "migrations",
+        "errors",
+        "audit",
+        "participants",
+        "in_doubt",
+        "in_doubt_unreachable",
+        "replicas",
+    ]
+    assert document["in_doubt"] == dict.fromkeys(report.participants, 0)
 
 
 def test_string_model_hints_resolve_like_classes() -> None:
@@ -170,9 +200,37 @@ def test_string_model_hints_resolve_like_classes() -> None:
 @override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.unknown_target"})
 def test_lint_finds_targets_that_run_nowhere() -> None:
     (finding,) = lint()
-    assert finding.kind == "unknown-target" and "'bokks'" in finding.problem
+    assert finding.kind is Kind.UNKNOWN_TARGET
+    assert "'bokks'" in finding.problem
 
 
 def test_migratable_databases_skip_aliases_nothing_is_routed_to() -> None:
     with override_settings(DBFLEET={"ROUTES": {"library.Book": "books"}}):
         assert migratable_databases() == ["default", "books"]
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.several"})
+@pytest.mark.django_db(databases="__all__")
+def test_lint_reports_each_problem_of_an_operation() -> None:
+    found = [(finding.position, finding.kind, finding.fix) for finding in lint()]
+    model, choices = "'model': 'nowhere.Nothing'", "'default', 'books', 'loans'"
+    assert found == [
+        (1, Kind.UNKNOWN_TARGET, f"target_db one of {choices}, or model='app_label.Model'"),
+        (2, Kind.UNKNOWN_TARGET, f"hints={{'target_db': ['books', 'replica'], {model}}}"),
+        (
+            2,
+            Kind.REPLICA_TARGET,
+            f"hints={{'target_db': ['books', 'bokks', 'default'], {model}}} (the primary: its "
+            "replicas copy what it does)",
+        ),
+        (2, Kind.UNKNOWN_MODEL, "model='app_label.Model', naming an installed model"),
+    ]
+    problems = [finding.problem for finding in lint()]
+    assert "target_db 5 is neither a database alias nor a list of aliases" in problems[0]
+    # Only part of the list is wrong: the operation still runs on 'books'.
+    assert "runs nowhere" not in problems[1] and "runs nowhere" not in problems[2]
+    stdout = StringIO()
+    call_command("fleet", "plan", "--all", "--database", "books", stdout=stdout)
+    # The plan marks each operation with its first finding.
+    assert "! has hints={'target_db': 5}" in stdout.getvalue()
+    assert "cannot run: a target_db of 5 crashes migrate" in stdout.getvalue()

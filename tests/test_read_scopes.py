@@ -1,4 +1,4 @@
-"""Where read-your-writes state begins and ends: requests on pooled threads, settings resets."""
+"""Where read-your-writes state begins and ends: requests on pooled threads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import pytest
 from django.core.signals import request_finished, request_started
 from django.db import connections
 
-from dbfleet import conf
-from dbfleet.replicas.choice import READS
 from dbfleet.testing import capture_queries
 from tests.library.models import Author
 
@@ -47,10 +45,3 @@ def test_a_pooled_thread_does_not_carry_pins_to_the_next_request() -> None:
         pool.submit(request, lambda: Author.objects.create(first_name="Ada")).result(timeout=60)
         # Another user's request, on the same thread, inside the read-your-writes window.
         assert pool.submit(request, read_author).result(timeout=60) == ["replica"]
-
-
-def test_reset_clears_the_replica_read_table() -> None:
-    read_author()
-    assert READS  # Built by the read.
-    conf.reset()
-    assert not READS

@@ -1,4 +1,4 @@
-"""System checks: every id is listed in the README and never reused."""
+"""System checks. Their ids, one per problem, are in ``dbfleet.check_ids``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, models, router
+from django.db.utils import load_backend
 
+from dbfleet import vendors
+from dbfleet.check_ids import CheckId
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
-from dbfleet.migrating.lint import lint
+from dbfleet.migrating.lint import Kind, lint
+from dbfleet.replicas import Health, replica_health
 from dbfleet.routing import Router, relations
 from dbfleet.topology import Topology, split_route_key
 
@@ -20,7 +24,7 @@ TAG = "dbfleet"
 
 @register(TAG)
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E004, E007-E011: problems found while reading ``DBFLEET``."""
+    """E001-E004, E007-E011, E019-E030: problems found while reading ``DBFLEET``."""
     return list(fleet_settings().problems)
 
 
@@ -43,7 +47,7 @@ def check_route_targets(
                     hint="Route an app label from INSTALLED_APPS (an AppConfig's label, "
                     f"not its module path).{did_you_mean(app_label, labels)}",
                     obj=OBJ,
-                    id="dbfleet.E005",
+                    id=CheckId.ROUTE_TO_UNKNOWN_APP,
                 )
             )
             continue
@@ -60,7 +64,7 @@ def check_route_targets(
                     hint=f"Models of {app_label!r}: {', '.join(sorted(names)) or 'none'}."
                     + did_you_mean(key.partition(".")[2], names),
                     obj=OBJ,
-                    id="dbfleet.E006",
+                    id=CheckId.ROUTE_TO_UNKNOWN_MODEL,
                 )
             )
             continue
@@ -73,7 +77,7 @@ def check_route_targets(
                     f"database with {owner._meta.label!r} and always lives where it does.",
                     hint=f'Route "{owner._meta.label}" instead, or remove this route.',
                     obj=OBJ,
-                    id="dbfleet.E016",
+                    id=CheckId.ROUTE_TO_DEPENDENT_MODEL,
                 )
             )
     return errors
@@ -100,7 +104,7 @@ def check_router_installed(
                 hint='Add "dbfleet.Router" to DATABASE_ROUTERS, first unless another router '
                 "must decide before it.",
                 obj="settings.DATABASE_ROUTERS",
-                id="dbfleet.E012",
+                id=CheckId.ROUTER_NOT_INSTALLED,
             )
         ]
     topology = get_topology()
@@ -116,7 +120,7 @@ def check_router_installed(
                         hint='Put "dbfleet.Router" first in DATABASE_ROUTERS, or make '
                         f"{_router_path(earlier)} return None for models dbfleet routes.",
                         obj=model,
-                        id="dbfleet.E013",
+                        id=CheckId.EARLIER_ROUTER_OVERRIDES,
                     )
                 )
     return errors
@@ -160,7 +164,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                         hint=f'Route "auth" and "contenttypes" to one database, e.g. '
                         f'"contenttypes": {here!r} in DBFLEET["ROUTES"].',
                         obj=field,
-                        id="dbfleet.E015",
+                        id=CheckId.AUTH_APART_FROM_CONTENTTYPES,
                     )
                 )
                 continue
@@ -181,7 +185,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                             f"or a plain {field.name}_id field."
                         ),
                         obj=field,
-                        id="dbfleet.E014",
+                        id=CheckId.RELATION_ACROSS_GROUPS,
                     )
                 )
             else:
@@ -193,7 +197,7 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
                         hint=f"Assign it by id ({field.name}_id = obj.pk) and query each side "
                         "on its own, or route both models to one database.",
                         obj=field,
-                        id="dbfleet.W002",
+                        id=CheckId.SOFT_RELATION_ACROSS_GROUPS,
                     )
                 )
     return errors
@@ -218,16 +222,19 @@ def check_replica_mirrors(
                         hint=f'Set DATABASES["{replica.alias}"]["TEST"] = '
                         f'{{"MIRROR": "{primary}"}}.',
                         obj="settings.DATABASES",
-                        id="dbfleet.W001",
+                        id=CheckId.REPLICA_MIRRORS_ANOTHER_DATABASE,
                     )
                 )
     return warnings
 
 
-MIGRATION_CHECKS = {
-    "db-hint": (Error, "dbfleet.E017"),
-    "unknown-target": (Error, "dbfleet.E018"),
-    "unhinted": (Warning, "dbfleet.W003"),
+#: The check each kind of migration hint problem is reported as.
+MIGRATION_CHECKS: dict[Kind, tuple[type[Error] | type[Warning], CheckId]] = {
+    Kind.DB_HINT: (Error, CheckId.DB_HINT),
+    Kind.UNKNOWN_TARGET: (Error, CheckId.HINT_TO_UNKNOWN_DATABASE),
+    Kind.REPLICA_TARGET: (Error, CheckId.HINT_TO_REPLICA),
+    Kind.UNKNOWN_MODEL: (Error, CheckId.HINT_TO_UNKNOWN_MODEL),
+    Kind.UNHINTED: (Warning, CheckId.UNHINTED_OPERATION),
 }
 
 
@@ -235,7 +242,7 @@ MIGRATION_CHECKS = {
 def check_migration_hints(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """E017, E018, W003: RunPython/RunSQL hints that crash, route nowhere, or are missing."""
+    """E017, E018, E031, E032, W003: migration hints that crash, route nowhere, or are missing."""
     messages: list[CheckMessage] = []
     for finding in lint():
         level, check_id = MIGRATION_CHECKS[finding.kind]
@@ -265,12 +272,9 @@ def check_prepared_transactions(
     warnings: list[CheckMessage] = []
     for alias in databases:
         connection = connections[alias]
-        if connection.vendor != "postgresql" or topology.is_replica(alias):
+        if not vendors.of(connection).two_phase or topology.is_replica(alias):
             continue
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW max_prepared_transactions")
-            (value,) = cursor.fetchone()
-        if int(value) == 0:
+        if vendors.of(connection).prepared_transactions_limit(connection) == 0:
             warnings.append(
                 Warning(
                     f"Database {alias!r} (PostgreSQL) has max_prepared_transactions = 0, so it "
@@ -280,7 +284,72 @@ def check_prepared_transactions(
                     "server. If you never use two_phase=True, add 'dbfleet.W004' to "
                     "SILENCED_SYSTEM_CHECKS.",
                     obj=f"settings.DATABASES[{alias!r}]",
-                    id="dbfleet.W004",
+                    id=CheckId.NO_PREPARED_TRANSACTIONS,
                 )
             )
     return warnings
+
+
+@register(TAG)
+def check_replica_databases(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W005, W006: what the settings alone show to be wrong with a replica's database."""
+    found: list[CheckMessage] = []
+    for primary, replicas in fleet_settings().replicas.items():
+        for replica in replicas:
+            config = settings.DATABASES.get(replica.alias, {})
+            vendor = vendors.of_engine(load_backend(config["ENGINE"]).DatabaseWrapper.vendor)
+            obj = f"settings.DATABASES[{replica.alias!r}]"
+            if vendor.name == "sqlite" and config.get("NAME") != settings.DATABASES.get(
+                primary, {}
+            ).get("NAME"):
+                found.append(
+                    Warning(
+                        f"Replica {replica.alias!r} of {primary!r} is the SQLite file "
+                        f"{config.get('NAME')!r}, not its primary's: SQLite does not replicate, "
+                        "so its reads would miss every write to the primary.",
+                        hint=f"Give {replica.alias!r} the primary's NAME (a second alias of one "
+                        f"file), or remove it from DBFLEET['REPLICAS'][{primary!r}].",
+                        obj=obj,
+                        id=CheckId.REPLICA_ON_ANOTHER_SQLITE_FILE,
+                    )
+                )
+            option = vendor.connect_timeout_option
+            if option is not None and option not in (config.get("OPTIONS") or {}):
+                found.append(
+                    Warning(
+                        f"Replica {replica.alias!r} has no connect timeout: a server that "
+                        "accepts the connection and never answers would hang every read "
+                        "sent there, instead of its failing over to the primary.",
+                        hint=f'Set DATABASES[{replica.alias!r}]["OPTIONS"][{option!r}] = 5 '
+                        "(seconds).",
+                        obj=obj,
+                        id=CheckId.REPLICA_WITHOUT_CONNECT_TIMEOUT,
+                    )
+                )
+    return found
+
+
+@register(Tags.database)
+def check_replicas_replicate(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W007: a replica whose database is writable and replicates from nothing."""
+    if databases is None:
+        return []
+    found: list[CheckMessage] = []
+    for health in replica_health(databases):
+        if health.state is Health.NOT_A_REPLICA:
+            found.append(
+                Warning(
+                    f"{health.problem}. dbfleet sends no read there.",
+                    hint=f"Point DATABASES[{health.alias!r}] at a replica of {health.primary!r} "
+                    f"(its HOST and PORT), or remove it from DBFLEET['REPLICAS'].",
+                    obj=f"settings.DATABASES[{health.alias!r}]",
+                    id=CheckId.REPLICA_DOES_NOT_REPLICATE,
+                )
+            )
+    return found

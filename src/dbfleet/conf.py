@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import re
-from collections.abc import Collection, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings
@@ -22,6 +24,7 @@ from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS
 from django.dispatch import receiver
 
+from dbfleet.check_ids import CheckId
 from dbfleet.topology import Replica, Topology
 
 KNOWN_KEYS = (
@@ -38,27 +41,61 @@ KNOWN_KEYS = (
     "ROUTES",
     "WRITE_GUARD",
 )
-WRITE_GUARD_MODES = ("warn", "raise", "off")
-READ_YOUR_WRITES_MODES = ("time", "position")
-#: Settings given in seconds: (default, what the number means, for the hint).
+
+
+class WriteGuard(StrEnum):
+    """``WRITE_GUARD``: what a write outside the transaction open on another database does."""
+
+    WARN = "warn"
+    RAISE = "raise"
+    OFF = "off"
+
+
+class ReadYourWrites(StrEnum):
+    """``READ_YOUR_WRITES``: what keeps a user's next requests seeing their writes."""
+
+    #: Reads stay on the primary for READ_YOUR_WRITES_WINDOW seconds.
+    TIME = "time"
+    #: Reads go to a replica that has replayed the write.
+    POSITION = "position"
+
+
+WRITE_GUARD_MODES = tuple(mode.value for mode in WriteGuard)
+READ_YOUR_WRITES_MODES = tuple(mode.value for mode in ReadYourWrites)
+#: Settings given in seconds: (default, what the number means for the hint, check id).
 SECONDS = {
-    "MAX_LAG": (5.0, "a replica further behind its primary than this is skipped"),
+    "MAX_LAG": (
+        5.0,
+        "a replica further behind its primary than this is skipped",
+        CheckId.BAD_MAX_LAG,
+    ),
     "PROBE_TIMEOUT": (
         5.0,
         "dbfleet's own checks (replica health, `fleet status`, `fleet recover`) give up on a "
         "database that has not connected or answered in this long",
+        CheckId.BAD_PROBE_TIMEOUT,
     ),
     "READ_YOUR_WRITES_WINDOW": (
         2.0,
         "after a write, ReadYourWritesMiddleware keeps that user's reads on the primary this long",
+        CheckId.BAD_READ_YOUR_WRITES_WINDOW,
     ),
     "RECOVERY_GRACE": (
         60.0,
         "`fleet recover` waits this long before it rolls back a prepared transaction "
         "without a decision",
+        CheckId.BAD_RECOVERY_GRACE,
     ),
-    "REPLICA_CHECK_INTERVAL": (1.0, "each replica's reachability and lag is checked this often"),
-    "REPLICA_COOLDOWN": (5.0, "a replica found unreachable or too far behind is skipped this long"),
+    "REPLICA_CHECK_INTERVAL": (
+        1.0,
+        "each replica's reachability and lag is checked this often",
+        CheckId.BAD_REPLICA_CHECK_INTERVAL,
+    ),
+    "REPLICA_COOLDOWN": (
+        5.0,
+        "a replica found unreachable or too far behind is skipped this long",
+        CheckId.BAD_REPLICA_COOLDOWN,
+    ),
 }
 COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 ROUTE_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", re.ASCII)
@@ -73,23 +110,29 @@ class FleetSettings:
     default_database: str = DEFAULT_DB_ALIAS
     routes: Mapping[str, str] = field(default_factory=dict)
     replicas: Mapping[str, tuple[Replica, ...]] = field(default_factory=dict)
-    write_guard: str | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
-    read_your_writes: str = "time"
+    write_guard: WriteGuard | None = None  # None: "warn" when DEBUG is on or in tests, else "off"
+    read_your_writes: ReadYourWrites = ReadYourWrites.TIME
     cookie: str = "dbfleet_primary"
     #: The settings in ``SECONDS``, by key.
     seconds: Mapping[str, float] = field(
-        default_factory=lambda: {key: default for key, (default, _) in SECONDS.items()}
+        default_factory=lambda: {key: default for key, (default, *_) in SECONDS.items()}
     )
     problems: tuple[CheckMessage, ...] = ()
 
 
-def did_you_mean(value: object, choices: Iterable[str]) -> str:
-    """``" Did you mean 'x'?"`` for a close match, else ``""``."""
+def closest(value: object, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``value`` (a likely misspelling of it), or None."""
     if isinstance(value, str):
         matches = difflib.get_close_matches(value, list(choices), n=1)
         if matches:
-            return f" Did you mean {matches[0]!r}?"
-    return ""
+            return matches[0]
+    return None
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """``" Did you mean 'x'?"`` for a close match, else ``""``."""
+    match = closest(value, choices)
+    return f" Did you mean {match!r}?" if match else ""
 
 
 def _choices(databases: Collection[str]) -> str:
@@ -108,7 +151,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
                     f"DBFLEET must be a dict, not {type(raw).__name__}.",
                     hint='Set DBFLEET = {"ROUTES": {"app_label": "alias"}}, or remove it.',
                     obj=OBJ,
-                    id="dbfleet.E001",
+                    id=CheckId.DBFLEET_NOT_A_DICT,
                 ),
             ),
         )
@@ -118,7 +161,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
             f"DBFLEET has an unknown key {key!r}.",
             hint=f"Valid keys: {', '.join(KNOWN_KEYS)}.{did_you_mean(key, KNOWN_KEYS)}",
             obj=OBJ,
-            id="dbfleet.E002",
+            id=CheckId.UNKNOWN_KEY,
         )
         for key in raw
         if key not in KNOWN_KEYS
@@ -132,21 +175,26 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
                 hint=f"Use one of {_choices(databases)}."
                 + did_you_mean(default_database, databases),
                 obj=OBJ,
-                id="dbfleet.E007",
+                id=CheckId.UNKNOWN_DEFAULT_DATABASE,
             )
         )
         default_database = DEFAULT_DB_ALIAS
 
     replicas = _parse_replicas(raw.get("REPLICAS", {}), databases, problems)
-    replica_aliases = {replica.alias for found in replicas.values() for replica in found}
-    routes = _parse_routes(raw.get("ROUTES", {}), databases, replica_aliases, problems)
-    if default_database in replica_aliases:
+    primary_of = {
+        replica.alias: primary for primary, found in replicas.items() for replica in found
+    }
+    routes = _parse_routes(raw.get("ROUTES", {}), databases, primary_of, problems)
+    if default_database in primary_of:
+        primary = primary_of[default_database]
         problems.append(
             Error(
-                f'DBFLEET["DEFAULT_DATABASE"] is {default_database!r}, which is a replica.',
-                hint="Replicas are never written to; make DEFAULT_DATABASE a primary database.",
+                f'DBFLEET["DEFAULT_DATABASE"] is {default_database!r}, which is a replica of '
+                f"{primary!r}.",
+                hint=f'Replicas are never written to: set "DEFAULT_DATABASE": {primary!r}, its '
+                "primary (unrouted models are still read from its replicas).",
                 obj=OBJ,
-                id="dbfleet.E011",
+                id=CheckId.DEFAULT_DATABASE_IS_A_REPLICA,
             )
         )
         default_database = DEFAULT_DB_ALIAS
@@ -158,10 +206,12 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
                 hint='Use "warn", "raise" or "off", or leave it out: then it warns when DEBUG '
                 "is on and in tests." + did_you_mean(write_guard, WRITE_GUARD_MODES),
                 obj=OBJ,
-                id="dbfleet.E019",
+                id=CheckId.UNKNOWN_WRITE_GUARD,
             )
         )
         write_guard = None
+    elif write_guard is not None:
+        write_guard = WriteGuard(write_guard)
     seconds = {key: _parse_seconds(raw, key, problems) for key in SECONDS}
     mode = raw.get("READ_YOUR_WRITES", FleetSettings.read_your_writes)
     if mode not in READ_YOUR_WRITES_MODES:
@@ -172,10 +222,11 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
                 'READ_YOUR_WRITES_WINDOW seconds) or "position" (from a replica that has '
                 "replayed the write)." + did_you_mean(mode, READ_YOUR_WRITES_MODES),
                 obj=OBJ,
-                id="dbfleet.E021",
+                id=CheckId.UNKNOWN_READ_YOUR_WRITES,
             )
         )
         mode = FleetSettings.read_your_writes
+    mode = ReadYourWrites(mode)
     cookie = raw.get("READ_YOUR_WRITES_COOKIE", FleetSettings.cookie)
     if not isinstance(cookie, str) or not COOKIE_NAME.fullmatch(cookie):
         problems.append(
@@ -183,7 +234,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
                 f'DBFLEET["READ_YOUR_WRITES_COOKIE"] is {cookie!r}, which is not a cookie name.',
                 hint="Use letters, digits and _ or -, such as the default 'dbfleet_primary'.",
                 obj=OBJ,
-                id="dbfleet.E023",
+                id=CheckId.BAD_COOKIE_NAME,
             )
         )
         cookie = FleetSettings.cookie
@@ -200,17 +251,29 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
     )
 
 
+def _unquoted(value: object) -> str:
+    """``" Write it without quotes: 2."`` for a number written as a string, else ``""``."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        return f" Write it without quotes: {number:g}."
+    return ""
+
+
 def _parse_seconds(raw: Mapping[str, Any], key: str, problems: list[CheckMessage]) -> float:
-    default, meaning = SECONDS[key]
+    default, meaning, check_id = SECONDS[key]
     value = raw.get(key, default)
     if type(value) in (int, float) and 0 <= value < float("inf"):
         return float(value)
     problems.append(
         Error(
-            f'DBFLEET["{key}"] is {value!r}.',
-            hint=f"Give a number of seconds >= 0 (default {default:g}): {meaning}.",
+            f'DBFLEET["{key}"] is {value!r}, which is not a number of seconds >= 0.',
+            hint=f"Give a number of seconds >= 0 (default {default:g}): {meaning}."
+            + _unquoted(value),
             obj=OBJ,
-            id="dbfleet.E020" if key == "RECOVERY_GRACE" else "dbfleet.E022",
+            id=check_id,
         )
     )
     return default
@@ -219,7 +282,7 @@ def _parse_seconds(raw: Mapping[str, Any], key: str, problems: list[CheckMessage
 def _parse_routes(
     raw: object,
     databases: Collection[str],
-    replica_aliases: Collection[str],
+    primary_of: Mapping[str, str],
     problems: list[CheckMessage],
 ) -> dict[str, str]:
     if not isinstance(raw, Mapping):
@@ -229,21 +292,31 @@ def _parse_routes(
                 hint='Map app labels or "app_label.Model" to database aliases: '
                 '{"books": "books", "library.Loan": "loans"}.',
                 obj=OBJ,
-                id="dbfleet.E003",
+                id=CheckId.MALFORMED_ROUTES,
             )
         )
         return {}
     routes: dict[str, str] = {}
     for key, alias in raw.items():
         where = f'DBFLEET["ROUTES"][{key!r}]'
-        if not isinstance(key, str) or not ROUTE_KEY.fullmatch(key) or not isinstance(alias, str):
+        if not isinstance(key, str) or not ROUTE_KEY.fullmatch(key):
             problems.append(
                 Error(
-                    f"{where} = {alias!r} is not a route.",
+                    f"{where} = {alias!r} is not a route: the key {key!r} is neither an app "
+                    'label nor "app_label.Model".',
                     hint='A route maps an app label ("books") or a model ("books.Book") '
                     'to a database alias ("books").',
                     obj=OBJ,
-                    id="dbfleet.E003",
+                    id=CheckId.MALFORMED_ROUTES,
+                )
+            )
+        elif not isinstance(alias, str):
+            problems.append(
+                Error(
+                    f"{where} = {alias!r} is not a route: the value is not a database alias.",
+                    hint=f"Give the alias as a string: one of {_choices(databases)}.",
+                    obj=OBJ,
+                    id=CheckId.MALFORMED_ROUTES,
                 )
             )
         elif alias not in databases:
@@ -253,21 +326,29 @@ def _parse_routes(
                     hint=f"Use one of {_choices(databases)}, or add {alias!r} to DATABASES."
                     + did_you_mean(alias, databases),
                     obj=OBJ,
-                    id="dbfleet.E004",
+                    id=CheckId.ROUTE_TO_UNKNOWN_DATABASE,
                 )
             )
-        elif alias in replica_aliases:
+        elif alias in primary_of:
             problems.append(
                 Error(
-                    f"{where} routes to {alias!r}, which is a replica.",
-                    hint="Route to the primary; reads go to its replicas by themselves.",
+                    f"{where} routes to {alias!r}, which is a replica of {primary_of[alias]!r}.",
+                    hint=f"Route to the primary, {key!r}: {primary_of[alias]!r}; reads go to "
+                    "its replicas by themselves.",
                     obj=OBJ,
-                    id="dbfleet.E011",
+                    id=CheckId.ROUTE_TO_REPLICA,
                 )
             )
         else:
             routes[key] = alias
     return routes
+
+
+#: The shape of REPLICAS, for the hints.
+REPLICAS_SHAPE = (
+    'Map each primary to a list of its replicas, each an alias or {"alias": ..., '
+    '"weight": N}: {"default": ["replica1", {"alias": "replica2", "weight": 2}]}.'
+)
 
 
 def _parse_replicas(
@@ -277,11 +358,9 @@ def _parse_replicas(
         problems.append(
             Error(
                 f'DBFLEET["REPLICAS"]{what}.',
-                hint="Map each primary to a list of replica aliases, each an alias or "
-                '{"alias": "replica2", "weight": 2} with a positive whole weight: '
-                '{"default": ["replica1", {"alias": "replica2", "weight": 2}]}.',
+                hint=REPLICAS_SHAPE,
                 obj=OBJ,
-                id="dbfleet.E008",
+                id=CheckId.MALFORMED_REPLICAS,
             )
         )
 
@@ -292,7 +371,7 @@ def _parse_replicas(
                 hint=f"Use one of {_choices(databases)}, or add {alias!r} to DATABASES."
                 + did_you_mean(alias, databases),
                 obj=OBJ,
-                id="dbfleet.E009",
+                id=CheckId.REPLICAS_UNKNOWN_DATABASE,
             )
         )
 
@@ -312,11 +391,11 @@ def _parse_replicas(
             malformed(f"[{primary!r}] must be a list, not {type(entries).__name__}")
             continue
         found: list[Replica] = []
-        for entry in entries:
-            replica = _parse_replica(entry)
+        for index, entry in enumerate(entries):
+            replica = _parse_replica(entry, f'DBFLEET["REPLICAS"][{primary!r}][{index}]', problems)
             if replica is None:
-                malformed(f"[{primary!r}] has an entry {entry!r} that is not a replica")
-            elif replica.alias not in databases:
+                continue
+            if replica.alias not in databases:
                 unknown(replica.alias, "replica")
             elif replica.alias in seen:
                 problems.append(
@@ -325,7 +404,7 @@ def _parse_replicas(
                         f'and again under {primary!r} in DBFLEET["REPLICAS"].',
                         hint="A replica copies exactly one primary; keep it under that one.",
                         obj=OBJ,
-                        id="dbfleet.E010",
+                        id=CheckId.REPLICA_UNDER_TWO_PRIMARIES,
                     )
                 )
             else:
@@ -338,25 +417,110 @@ def _parse_replicas(
                 Error(
                     f"{primary!r} is a replica of {seen[primary]!r} and also has replicas "
                     'in DBFLEET["REPLICAS"].',
-                    hint=f"List every replica under the primary it copies, {seen[primary]!r}; "
-                    "chained replicas are not supported.",
+                    hint=f"Move {', '.join(repr(r.alias) for r in replicas[primary])} under "
+                    f"{seen[primary]!r}, the primary that {primary!r} copies; chained replicas "
+                    "are not supported.",
                     obj=OBJ,
-                    id="dbfleet.E011",
+                    id=CheckId.CHAINED_REPLICA,
                 )
             )
             del replicas[primary]
     return replicas
 
 
-def _parse_replica(entry: object) -> Replica | None:
+def _parse_replica(entry: object, where: str, problems: list[CheckMessage]) -> Replica | None:
+    """The replica ``entry`` describes, or None after adding each of its problems."""
     if isinstance(entry, str):
         return Replica(entry)
-    if not isinstance(entry, Mapping) or set(entry) - {"alias", "weight"}:
+    if not isinstance(entry, Mapping):
+        problems.append(
+            Error(
+                f'{where} is {entry!r}, which is neither a database alias nor a dict with "alias".',
+                hint=REPLICAS_SHAPE,
+                obj=OBJ,
+                id=CheckId.MALFORMED_REPLICAS,
+            )
+        )
         return None
-    alias, weight = entry.get("alias"), entry.get("weight", 1)
-    if not isinstance(alias, str) or type(weight) is not int or weight < 1:
+    valid = True
+    fixed = dict(entry)
+    for key in entry:
+        if key in ("alias", "weight"):
+            continue
+        valid = False
+        meant = closest(key, ("alias", "weight"))
+        value = fixed.pop(key)
+        if meant and meant not in entry:
+            fixed[meant] = value
+        problems.append(
+            Error(
+                f"{where} = {dict(entry)!r} has the key {key!r}: a replica entry has only "
+                '"alias" and "weight".' + (f" Did you mean {meant!r}?" if meant else ""),
+                hint=f"Use {fixed!r}.",
+                obj=OBJ,
+                id=CheckId.UNKNOWN_REPLICA_KEY,
+            )
+        )
+    alias = entry.get("alias")
+    if not isinstance(alias, str):
+        valid = False
+        if "alias" in entry:
+            what = f'its "alias" {alias!r} is not a database alias'
+        else:
+            what = 'it has no "alias"'
+        named = {"alias": "replica2", **{k: v for k, v in fixed.items() if k != "alias"}}
+        problems.append(
+            Error(
+                f"{where} = {dict(entry)!r}: {what}.",
+                hint=f"Name the replica's database as a string: {named!r}.",
+                obj=OBJ,
+                id=CheckId.MALFORMED_REPLICAS,
+            )
+        )
+    weight = entry.get("weight", 1)
+    if type(weight) is not int or weight < 1:
+        valid = False
+        problems.append(
+            Error(
+                f'{where}["weight"] is {weight!r}, which is not a whole number >= 1 (a weight '
+                "is the replica's share of the reads, relative to the other replicas).",
+                hint=_weight_fix(fixed, weight),
+                obj=OBJ,
+                id=CheckId.BAD_REPLICA_WEIGHT,
+            )
+        )
+    if not valid:
         return None
+    assert isinstance(alias, str) and type(weight) is int  # For mypy: checked above.
     return Replica(alias, weight)
+
+
+def _weight_fix(entry: Mapping[Any, Any], weight: object) -> str:
+    """The hint for a bad replica weight: the entry as it should be written."""
+
+    def use(number: int) -> str:
+        return repr({**entry, "weight": number})
+
+    if isinstance(weight, str):
+        try:
+            number = round(float(weight))
+        except (ValueError, OverflowError):
+            return f"Use a whole number, such as {use(1)}."
+        return f"Write the number without quotes: {use(max(1, number))}."
+    if isinstance(weight, bool):
+        return f"Use a number, not {weight!r}: {use(1)}."
+    if isinstance(weight, int):
+        alias = entry.get("alias")
+        return (
+            f"Use a weight >= 1, such as {use(1)}. To send no reads to {alias!r}, remove it "
+            "from the list."
+        )
+    if isinstance(weight, float) and math.isfinite(weight):
+        return (
+            f"Weights are whole numbers: use {use(max(1, round(weight)))}, or scale every "
+            "weight of the group to whole numbers."
+        )
+    return f"Use a whole number, such as {use(1)}."
 
 
 @functools.cache
@@ -396,26 +560,35 @@ class _Answers(dict[type, str | None]):
 
 ANSWERS = _Answers()
 
-_Cache = TypeVar("_Cache", bound=MutableMapping[Any, Any])
-#: Every cache built from the settings, emptied by reset().
-_DERIVED: list[MutableMapping[Any, Any]] = [ANSWERS]
+#: The settings everything dbfleet caches is derived from.
+WATCHED_SETTINGS = frozenset({"DBFLEET", "DATABASES", "INSTALLED_APPS", "MIGRATION_MODULES"})
+#: How to empty each cache derived from the settings that lives outside this module.
+_CLEARS: list[Callable[[], None]] = []
 
 
-def derived(cache: _Cache) -> _Cache:
-    """Register ``cache`` as built from the settings: reset() empties it."""
-    _DERIVED.append(cache)
-    return cache
+def clears_on_reset(clear: Callable[[], None]) -> Callable[[], None]:
+    """Have ``reset()`` call ``clear`` too; returns it, so that it works as a decorator.
+
+    A module that keeps something derived from the settings (a table built from
+    the topology, the migrations on disk) registers its clear function here
+    rather than receiving ``setting_changed`` itself: then one reset forgets
+    everything at once, and nothing can be left over from the old settings.
+    """
+    if clear not in _CLEARS:
+        _CLEARS.append(clear)
+    return clear
 
 
 def reset() -> None:
-    """Forget the parsed settings and the topology; the next use reads them again."""
+    """Forget the parsed settings, the topology and every cache registered to clear with them."""
     fleet_settings.cache_clear()
     get_topology.cache_clear()
-    for cache in _DERIVED:
-        cache.clear()
+    ANSWERS.clear()
+    for clear in _CLEARS:
+        clear()
 
 
 @receiver(setting_changed)
 def _setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"DBFLEET", "DATABASES", "INSTALLED_APPS"}:
+    if setting in WATCHED_SETTINGS:
         reset()

@@ -6,27 +6,40 @@ import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.core.signals import setting_changed
 from django.db.migrations import Migration
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import SeparateDatabaseAndState
 from django.db.migrations.operations.base import Operation
-from django.dispatch import receiver
 
-from dbfleet.conf import get_topology
+from dbfleet.conf import clears_on_reset, closest, get_topology
 from dbfleet.topology import Topology
+
+
+class Kind(StrEnum):
+    """What is wrong with an operation's hints; one system check each."""
+
+    #: ``hints={"db": ...}``: crashes migrate.
+    DB_HINT = "db-hint"
+    #: ``target_db`` names no database in DATABASES (or is not an alias at all).
+    UNKNOWN_TARGET = "unknown-target"
+    #: ``target_db`` names a replica, which is never migrated.
+    REPLICA_TARGET = "replica-target"
+    #: ``model`` names no installed model.
+    UNKNOWN_MODEL = "unknown-model"
+    #: No hints, in an app split across databases: runs on DEFAULT_DATABASE only.
+    UNHINTED = "unhinted"
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One operation that routes wrongly, where it is and how to fix it."""
+    """One problem of one operation's hints, where it is and how to fix it."""
 
-    #: "db-hint" (crashes migrate), "unknown-target" or "unhinted" (in a split app).
-    kind: str
+    kind: Kind
     app_label: str
     migration: str
     file: str
@@ -78,10 +91,8 @@ def disk_migrations() -> MigrationLoader:
     return MigrationLoader(None, ignore_no_migrations=True)
 
 
-@receiver(setting_changed)
-def _setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"INSTALLED_APPS", "MIGRATION_MODULES"}:
-        disk_migrations.cache_clear()
+# MIGRATION_MODULES and INSTALLED_APPS change what is on disk.
+clears_on_reset(disk_migrations.cache_clear)
 
 
 def targets(target_db: object) -> list[object]:
@@ -103,7 +114,12 @@ def hinted_databases() -> set[str]:
 
 
 def lint() -> list[Finding]:
-    """Operations with a ``db`` hint (which crashes migrate) or unhinted in a split app."""
+    """Operations whose hints crash migrate or route nowhere, or that lack hints in a split app.
+
+    An operation with several problems has one finding for each, in the order
+    they are fixed: a ``db`` hint first, since nothing else can be judged until
+    it is ``target_db``.
+    """
     topology = get_topology()
     findings: list[Finding] = []
     for (app_label, name), migration in sorted(disk_migrations().disk_migrations.items()):
@@ -118,62 +134,104 @@ def lint() -> list[Finding]:
                 "position": position,
                 "operation": describe(operation),
             }
-            if "db" in hints:
-                target = {**hints, "target_db": hints["db"]}
-                del target["db"]
-                findings.append(
-                    Finding(
-                        "db-hint",
-                        **where,
-                        problem=f"has hints={hints!r}, which Django passes to "
-                        "ConnectionRouter.allow_migrate(db, app_label, **hints): that fails "
-                        "with \"TypeError: got multiple values for argument 'db'\" in the "
-                        "middle of a migrate run",
-                        fix=f"hints={target!r}",
-                    )
-                )
-            elif unknown := _unknown_targets(hints, topology):
-                primaries = ", ".join(map(repr, topology.groups))
-                findings.append(
-                    Finding(
-                        "unknown-target",
-                        **where,
-                        problem=f"has hints={hints!r}, naming {', '.join(unknown)}, which no "
-                        "migration runs on (not in DATABASES, a replica, or not a model), "
-                        "so it runs nowhere",
-                        fix=f"target_db one of {primaries}, or model='app_label.Model'",
-                    )
-                )
-            elif not hints and app_label in topology.split_apps:
-                findings.append(
-                    Finding(
-                        "unhinted",
-                        **where,
-                        problem=f"has no hints, and app {app_label!r} is split across "
-                        "databases, so it runs on DEFAULT_DATABASE "
-                        f"({topology.default_database!r}) only",
-                        fix=f"hints={{'target_db': {topology.default_database!r}}} (or the "
-                        "database it is meant for), or hints={'model': 'app_label.Model'}",
-                    )
-                )
+            findings += [
+                Finding(kind, **where, problem=problem, fix=fix)
+                for kind, problem, fix in _hint_problems(hints, app_label, topology)
+            ]
     return findings
 
 
-def _unknown_targets(hints: dict[str, Any], topology: Topology) -> list[str]:
-    """The ``target_db`` or ``model`` hint values that name nothing migrations run on."""
-    unknown = []
-    target_db, model = hints.get("target_db"), hints.get("model")
-    if target_db is not None:
-        aliases = targets(target_db)
-        unknown += [repr(target_db)] if not aliases else []
-        unknown += [
-            repr(alias)
-            for alias in aliases
-            if alias not in topology.databases or topology.is_replica(str(alias))
-        ]
+def _hint_problems(
+    hints: dict[str, Any], app_label: str, topology: Topology
+) -> Iterator[tuple[Kind, str, str]]:
+    """(kind, problem, fix) for each problem of one operation's ``hints``."""
+    if "db" in hints:
+        target = {**hints, "target_db": hints["db"]}
+        del target["db"]
+        yield (
+            Kind.DB_HINT,
+            f"has hints={hints!r}, which Django passes to "
+            "ConnectionRouter.allow_migrate(db, app_label, **hints): that fails "
+            "with \"TypeError: got multiple values for argument 'db'\" in the "
+            "middle of a migrate run",
+            f"hints={target!r}",
+        )
+        return
+    if not hints:
+        if app_label in topology.split_apps:
+            yield (
+                Kind.UNHINTED,
+                f"has no hints, and app {app_label!r} is split across databases, so it runs "
+                f"on DEFAULT_DATABASE ({topology.default_database!r}) only",
+                f"hints={{'target_db': {topology.default_database!r}}} (or the database it is "
+                "meant for), or hints={'model': 'app_label.Model'}",
+            )
+        return
+    yield from _target_problems(hints, topology)
+    model = hints.get("model")
     if isinstance(model, str):
         try:
             apps.get_model(model)
         except (LookupError, ValueError):
-            unknown.append(repr(model))
-    return unknown
+            labels = [found._meta.label for found in apps.get_models()]
+            meant = closest(model, labels)
+            yield (
+                Kind.UNKNOWN_MODEL,
+                f"has hints={hints!r}: model {model!r} is not an installed model, so the "
+                "operation runs nowhere",
+                f"hints={ {**hints, 'model': meant}!r}"
+                if meant
+                else "model='app_label.Model', naming an installed model",
+            )
+
+
+def _target_problems(hints: dict[str, Any], topology: Topology) -> Iterator[tuple[Kind, str, str]]:
+    """The problems of a ``target_db`` hint: names outside DATABASES, and replicas."""
+    target_db = hints.get("target_db")
+    if target_db is None:
+        return
+    primaries = [alias for alias in topology.groups if alias in topology.databases]
+    choices = ", ".join(map(repr, primaries))
+    aliases = targets(target_db)
+    if not aliases:
+        yield (
+            Kind.UNKNOWN_TARGET,
+            f"has hints={hints!r}: target_db {target_db!r} is neither a database alias nor "
+            "a list of aliases, so the operation runs nowhere",
+            f"target_db one of {choices}, or model='app_label.Model'",
+        )
+        return
+    unknown = [alias for alias in aliases if alias not in topology.databases]
+    if unknown:
+        meant = {alias: closest(alias, primaries) for alias in unknown}
+        fixed: list[object] = [meant.get(alias) or alias for alias in aliases]
+        yield (
+            Kind.UNKNOWN_TARGET,
+            f"has hints={hints!r}: target_db names {', '.join(map(repr, unknown))}, not in "
+            "DATABASES" + _nowhere(unknown, aliases),
+            f"hints={ {**hints, 'target_db': _like(target_db, list(dict.fromkeys(fixed)))}!r}"
+            if all(meant.values())
+            else f"target_db one of {choices}, or model='app_label.Model'",
+        )
+    replicas = [alias for alias in aliases if isinstance(alias, str) and topology.is_replica(alias)]
+    if replicas:
+        fixed = [topology.primary_of(alias) if alias in replicas else alias for alias in aliases]
+        names = ", ".join(
+            f"{alias!r} (a replica of {topology.primary_of(alias)!r})" for alias in replicas
+        )
+        yield (
+            Kind.REPLICA_TARGET,
+            f"has hints={hints!r}: target_db names {names}; replicas are never migrated"
+            + _nowhere(replicas, aliases),
+            f"hints={ {**hints, 'target_db': _like(target_db, list(dict.fromkeys(fixed)))}!r} "
+            "(the primary: its replicas copy what it does)",
+        )
+
+
+def _nowhere(wrong: list[Any], aliases: list[Any]) -> str:
+    return ", so the operation runs nowhere" if len(wrong) == len(aliases) else ""
+
+
+def _like(original: object, aliases: list[Any]) -> object:
+    """``aliases`` in the shape of the hint as written: one alias, or a list."""
+    return aliases[0] if isinstance(original, str) else aliases

@@ -12,7 +12,14 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.operations.base import Operation
 
 from dbfleet.conf import get_topology
-from dbfleet.migrating.lint import Finding, describe, hinted_databases, lint, operations
+from dbfleet.migrating.lint import (
+    Finding,
+    describe,
+    hinted_databases,
+    lint,
+    operations,
+    targets,
+)
 from dbfleet.routing import explain_migrate
 
 
@@ -81,6 +88,10 @@ def decide(alias: str, app_label: str, operation: Operation) -> tuple[bool, str]
     if isinstance(hints, dict):
         if "db" in hints:
             return False, "cannot run: a 'db' hint crashes migrate"
+        target_db = hints.get("target_db")
+        if target_db is not None and not targets(target_db):
+            # Neither an alias nor a list of them: the router cannot answer either.
+            return False, f"cannot run: a target_db of {target_db!r} crashes migrate"
         allowed = router.allow_migrate(alias, app_label, **hints)
         ours, reason = explain_migrate(alias, app_label, **hints)
     else:

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import IO, cast
 
 from django.conf import settings
@@ -27,14 +28,24 @@ POLL_SECONDS = 0.05
 ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
 
 
+class Result(StrEnum):
+    """Where one database is in a ``migrate_all`` run; the last four are final."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    UP_TO_DATE = "up to date"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 @dataclass
 class Outcome:
     """What happened on one database."""
 
     alias: str
     vendor: str
-    #: "up to date", "done", "failed" or "cancelled".
-    result: str
+    result: Result
     pending: int = 0
     applied: int = 0
     seconds: float = 0.0
@@ -139,11 +150,11 @@ def migrate_all(
     work: dict[str, list[Migration]] = {}
     graph: MigrationGraph | None = None
     for alias in aliases:
-        outcome = outcomes[alias] = Outcome(alias, connections[alias].vendor, "waiting")
+        outcome = outcomes[alias] = Outcome(alias, connections[alias].vendor, Result.WAITING)
         try:
             pending, graph, applied_before[alias] = pending_work(alias)
         except DatabaseError as error:
-            outcome.result, outcome.error = "failed", first_line(error)
+            outcome.result, outcome.error = Result.FAILED, first_line(error)
             report(outcome, [])
             continue
         finally:
@@ -153,13 +164,13 @@ def migrate_all(
         if pending:
             work[alias] = pending
         else:
-            outcome.result = "up to date"
+            outcome.result = Result.UP_TO_DATE
             report(outcome, [])
     waits = cross_database_waits(work, graph) if graph is not None else {}
 
     queue = list(work)
     running: dict[str, _Worker] = {}
-    stop = fail_fast and any(outcome.result == "failed" for outcome in outcomes.values())
+    stop = fail_fast and any(outcome.result is Result.FAILED for outcome in outcomes.values())
     try:
         while queue or running:
             ready = [alias for alias in queue if not waits[alias] & {*queue, *running}]
@@ -176,7 +187,7 @@ def migrate_all(
                 report(outcomes[alias], list(running))
             if stop:
                 for alias in queue:
-                    outcomes[alias].result = "cancelled"
+                    outcomes[alias].result = Result.CANCELLED
                     report(outcomes[alias], list(running))
                 queue.clear()
             time.sleep(POLL_SECONDS)
@@ -185,7 +196,7 @@ def migrate_all(
                     del running[alias]
                     _finish(worker)
                     report(worker.outcome, list(running))
-                    stop = stop or (fail_fast and worker.outcome.result == "failed")
+                    stop = stop or (fail_fast and worker.outcome.result is Result.FAILED)
     finally:
         # Interrupted (Ctrl-C): no worker outlives the command.
         for worker in running.values():
@@ -202,7 +213,7 @@ def _start(
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
     )
-    outcome.result = "running"
+    outcome.result = Result.RUNNING
     return _Worker(outcome, process, log, time.monotonic(), applied)
 
 
@@ -220,9 +231,9 @@ def _finish(worker: _Worker) -> None:
     finally:
         connections[outcome.alias].close()
     if worker.process.returncode == 0:
-        outcome.result = "done"
+        outcome.result = Result.DONE
         return
-    outcome.result = "failed"
+    outcome.result = Result.FAILED
     lines = [line.strip() for line in outcome.output.splitlines() if line.strip()]
     # The exception line, not a HINT or a traceback frame that may follow it.
     errors = [line for line in lines if ERROR_LINE.match(line)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from django.apps import apps
 from django.db import DatabaseError, connections, router
@@ -13,7 +14,14 @@ from dbfleet.migrating.lint import disk_migrations, operations
 from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.topology import owner_label
 
-APPLIED, PENDING, NOT_ROUTED = "applied", "pending", "not routed"
+
+class State(StrEnum):
+    """A migration on one database."""
+
+    APPLIED = "applied"
+    PENDING = "pending"
+    #: No operation of it runs there (Django still records it as applied when it migrates).
+    NOT_ROUTED = "not routed"
 
 
 @dataclass(frozen=True)
@@ -29,12 +37,12 @@ class Discrepancy:
 @dataclass
 class Status:
     databases: list[str]
-    #: migration label -> database -> APPLIED, PENDING or NOT_ROUTED.
-    migrations: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: migration label -> database -> its state there.
+    migrations: dict[str, dict[str, State]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     audit: list[Discrepancy] = field(default_factory=list)
 
-    def count(self, alias: str, state: str) -> int:
+    def count(self, alias: str, state: State) -> int:
         return sum(1 for states in self.migrations.values() if states.get(alias) == state)
 
 
@@ -77,11 +85,11 @@ def status(aliases: list[str] | None = None) -> Status:
             continue
         for key in order:
             if key in recorded:
-                state = APPLIED
+                state = State.APPLIED
             elif runs_on(alias, loader.graph.nodes[key]):
-                state = PENDING
+                state = State.PENDING
             else:
-                state = NOT_ROUTED
+                state = State.NOT_ROUTED
             result.migrations[f"{key[0]}.{key[1]}"][alias] = state
         result.audit += audit(alias, tables, recorded, created_by, previous)
     return result

@@ -15,7 +15,7 @@ import time
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from dbfleet.conf import derived, fleet_settings, get_topology
+from dbfleet.conf import clears_on_reset, fleet_settings, get_topology
 from dbfleet.replicas.health import Health, ReplicaHealth, check, measure, skip
 from dbfleet.replicas.positions import has_replayed
 from dbfleet.replicas.scopes import IMPLICIT, STATE, ReadPreference, State, settle_position
@@ -189,7 +189,8 @@ class Reads(dict[str | None, GroupReads | None]):
         return reads
 
 
-READS = derived(Reads())
+READS = Reads()
+clears_on_reset(READS.clear)
 
 
 def mark_down(alias: str, problem: str) -> None:

@@ -1,0 +1,131 @@
+"""Every system check id dbfleet emits, each for exactly one problem.
+
+Append-only: an id keeps the meaning it was first given and is never reused.
+A new problem gets a new member with the next free number, even when it looks
+like an old one, so that ``SILENCED_SYSTEM_CHECKS`` never silences more than a
+user chose. The README's table of checks lists exactly these, in these words.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum, unique
+
+
+@unique
+class CheckId(StrEnum):
+    """A check id (its value, such as ``"dbfleet.E001"``) and the one problem it reports."""
+
+    problem: str
+
+    def __new__(cls, value: str, problem: str) -> CheckId:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.problem = problem
+        return member
+
+    DBFLEET_NOT_A_DICT = "dbfleet.E001", "`DBFLEET` is not a dict"
+    UNKNOWN_KEY = "dbfleet.E002", "unknown key in `DBFLEET`"
+    MALFORMED_ROUTES = (
+        "dbfleet.E003",
+        '`ROUTES` is not a dict of `"app"`/`"app.Model"` -> alias',
+    )
+    ROUTE_TO_UNKNOWN_DATABASE = "dbfleet.E004", "a route names a database not in `DATABASES`"
+    ROUTE_TO_UNKNOWN_APP = "dbfleet.E005", "a route names an app that is not installed"
+    ROUTE_TO_UNKNOWN_MODEL = "dbfleet.E006", "a route names a model its app does not have"
+    UNKNOWN_DEFAULT_DATABASE = "dbfleet.E007", "`DEFAULT_DATABASE` is not in `DATABASES`"
+    MALFORMED_REPLICAS = (
+        "dbfleet.E008",
+        "`REPLICAS` is not a dict of primary -> list of replicas (an alias or a dict with `alias`)",
+    )
+    REPLICAS_UNKNOWN_DATABASE = "dbfleet.E009", "`REPLICAS` names a database not in `DATABASES`"
+    REPLICA_UNDER_TWO_PRIMARIES = "dbfleet.E010", "a replica is listed under two primaries"
+    ROUTE_TO_REPLICA = "dbfleet.E011", "a route names a replica"
+    ROUTER_NOT_INSTALLED = (
+        "dbfleet.E012",
+        "`DBFLEET` is set but `dbfleet.Router` is not in `DATABASE_ROUTERS`",
+    )
+    EARLIER_ROUTER_OVERRIDES = (
+        "dbfleet.E013",
+        "a router before `dbfleet.Router` sends a routed model elsewhere",
+    )
+    RELATION_ACROSS_GROUPS = (
+        "dbfleet.E014",
+        "a ForeignKey / OneToOne / ManyToMany spans two groups",
+    )
+    AUTH_APART_FROM_CONTENTTYPES = (
+        "dbfleet.E015",
+        "`auth` and `contenttypes` are on different databases",
+    )
+    ROUTE_TO_DEPENDENT_MODEL = (
+        "dbfleet.E016",
+        "a route names a proxy or auto-created model (it lives with the model whose table it uses)",
+    )
+    DB_HINT = (
+        "dbfleet.E017",
+        'a migration operation has `hints={"db": ...}`, which crashes `migrate`',
+    )
+    HINT_TO_UNKNOWN_DATABASE = (
+        "dbfleet.E018",
+        "a `target_db` hint names a database not in `DATABASES` (or no alias at all)",
+    )
+    UNKNOWN_WRITE_GUARD = "dbfleet.E019", '`WRITE_GUARD` is not `"warn"`, `"raise"` or `"off"`'
+    BAD_RECOVERY_GRACE = "dbfleet.E020", "`RECOVERY_GRACE` is not a number of seconds >= 0"
+    UNKNOWN_READ_YOUR_WRITES = (
+        "dbfleet.E021",
+        '`READ_YOUR_WRITES` is not `"time"` or `"position"`',
+    )
+    BAD_MAX_LAG = "dbfleet.E022", "`MAX_LAG` is not a number of seconds >= 0"
+    BAD_COOKIE_NAME = "dbfleet.E023", "`READ_YOUR_WRITES_COOKIE` is not a cookie name"
+    DEFAULT_DATABASE_IS_A_REPLICA = "dbfleet.E024", "`DEFAULT_DATABASE` is a replica"
+    CHAINED_REPLICA = "dbfleet.E025", "a replica has replicas of its own (a chain)"
+    BAD_REPLICA_WEIGHT = "dbfleet.E026", "a replica's `weight` is not a whole number >= 1"
+    UNKNOWN_REPLICA_KEY = (
+        "dbfleet.E027",
+        "a replica entry has a key other than `alias` and `weight`",
+    )
+    BAD_REPLICA_COOLDOWN = (
+        "dbfleet.E028",
+        "`REPLICA_COOLDOWN` is not a number of seconds >= 0",
+    )
+    BAD_REPLICA_CHECK_INTERVAL = (
+        "dbfleet.E029",
+        "`REPLICA_CHECK_INTERVAL` is not a number of seconds >= 0",
+    )
+    BAD_READ_YOUR_WRITES_WINDOW = (
+        "dbfleet.E030",
+        "`READ_YOUR_WRITES_WINDOW` is not a number of seconds >= 0",
+    )
+    HINT_TO_REPLICA = "dbfleet.E031", "a `target_db` hint names a replica"
+    HINT_TO_UNKNOWN_MODEL = "dbfleet.E032", "a `model` hint names no installed model"
+    BAD_PROBE_TIMEOUT = "dbfleet.E033", "`PROBE_TIMEOUT` is not a number of seconds >= 0"
+    REPLICA_MIRRORS_ANOTHER_DATABASE = (
+        "dbfleet.W001",
+        'a replica\'s `TEST["MIRROR"]` names another database than its primary',
+    )
+    SOFT_RELATION_ACROSS_GROUPS = (
+        "dbfleet.W002",
+        "a relation spans two groups with `db_constraint=False`",
+    )
+    UNHINTED_OPERATION = (
+        "dbfleet.W003",
+        "a `RunPython`/`RunSQL` without hints in an app split across databases (it runs on "
+        "`DEFAULT_DATABASE` only)",
+    )
+    NO_PREPARED_TRANSACTIONS = (
+        "dbfleet.W004",
+        "a PostgreSQL database has `max_prepared_transactions = 0` (database check: "
+        "`check --database`, `migrate`)",
+    )
+    REPLICA_ON_ANOTHER_SQLITE_FILE = (
+        "dbfleet.W005",
+        "a SQLite replica is another file than its primary's (SQLite does not replicate)",
+    )
+    REPLICA_WITHOUT_CONNECT_TIMEOUT = (
+        "dbfleet.W006",
+        "a replica on a server has no connect timeout in `OPTIONS` (a server that never "
+        "answers would hang its reads)",
+    )
+    REPLICA_DOES_NOT_REPLICATE = (
+        "dbfleet.W007",
+        "a replica's database replicates from nothing (database check: `check --database`)",
+    )

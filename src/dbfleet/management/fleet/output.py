@@ -1,0 +1,129 @@
+"""What every ``fleet`` subcommand shares: its common options and the ways it writes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.color import Style
+from django.db import connections
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dbfleet.migrating.plan import migratable_databases
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: dataclasses as objects (fields in order), enums as values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)
+        }
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {jsonable(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def to_json(report: Any) -> str:
+    """A report (a dataclass, or a list of them) as the JSON document ``--format json`` prints."""
+    return json.dumps(jsonable(report), indent=2)
+
+
+def grid(*columns: str, right: tuple[str, ...] = ()) -> Table:
+    """An empty table in the house style, with ``right`` columns aligned right."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def render(table: Table, color: bool) -> str:
+    """Render a rich table to text, wide enough not to wrap when not on a terminal."""
+    # Off a terminal (a file, a pipe, CI) nothing wraps: a person reading a log scrolls.
+    width = shutil.get_terminal_size((200, 24)).columns if color else 10_000
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, width=width, color_system="standard" if color else None, highlight=False
+    )
+    console.print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass
+class Out:
+    """Where a subcommand writes: the command's stdout and stderr; tables in colour or not."""
+
+    command: BaseCommand
+    color: bool
+
+    @property
+    def style(self) -> Style:
+        return self.command.style
+
+    def write(self, text: str = "") -> None:
+        self.command.stdout.write(text)
+
+    def warn(self, text: str) -> None:
+        self.command.stderr.write(text)
+
+    def table(self, table: Table) -> None:
+        self.write(render(table, color=self.color))
+
+    def json(self, report: Any) -> None:
+        self.write(to_json(report))
+
+
+def add_verbosity_option(parser: CommandParser) -> None:
+    """Accept ``-v N`` after the subcommand too, as ``migrate -v 0`` does."""
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=argparse.SUPPRESS,
+        help="Verbosity level; 0=minimal output, 1=normal output, 2=verbose output.",
+    )
+
+
+def add_format_option(parser: CommandParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="Output format.")
+
+
+def add_database_option(parser: CommandParser, help: str) -> None:
+    parser.add_argument(
+        "--database",
+        action="append",
+        dest="databases",
+        choices=tuple(connections),
+        metavar="ALIAS",
+        help=help,
+    )
+
+
+def chosen_databases(databases: list[str] | None) -> list[str]:
+    """The ``--database`` choices (checked), else every migratable database."""
+    migratable = migratable_databases()
+    for alias in databases or ():
+        if alias not in migratable:
+            raise CommandError(
+                f"{alias!r} is never migrated: it is a replica or a test mirror. "
+                f"Migrate its primary instead; migratable: {', '.join(migratable)}."
+            )
+    return list(dict.fromkeys(databases)) if databases else migratable

@@ -1,0 +1,103 @@
+"""``fleet status``: migrations x databases, the audit, replicas, in-doubt transactions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandParser
+
+from dbfleet.management.fleet.output import (
+    Out,
+    add_database_option,
+    add_format_option,
+    add_verbosity_option,
+    chosen_databases,
+    grid,
+)
+from dbfleet.migrating.status import State
+from dbfleet.reports import FleetStatus, ReplicaStatus, fleet_status
+
+NAME = "status"
+HELP = "Show migrations x databases, replica health and lag, in-doubt transactions."
+DESCRIPTION = (
+    "A matrix of migrations x databases (applied, pending, not routed "
+    "here), an audit of tables against the migration records and the routes, each "
+    "replica's reachability and lag, and the in-doubt two-phase transactions."
+)
+#: How each state shows in the matrix.
+SYMBOLS = {State.APPLIED: "applied", State.PENDING: "[bold]pending[/]", State.NOT_ROUTED: "-"}
+
+
+def add_arguments(parser: CommandParser) -> None:
+    add_database_option(parser, "Only this database (repeatable).")
+    parser.add_argument(
+        "--all", action="store_true", help="List every migration, not only pending ones."
+    )
+    add_format_option(parser)
+    add_verbosity_option(parser)
+
+
+def handle(
+    out: Out, *, databases: list[str] | None, all: bool, format: str, **options: Any
+) -> None:
+    report = fleet_status(chosen_databases(databases), only=databases or ())
+    if format == "json":
+        out.json(report)
+        return
+    write_text(out, report, all)
+
+
+def write_text(out: Out, report: FleetStatus, all: bool) -> None:
+    style = out.style
+    for alias in report.databases:
+        if alias in report.errors:
+            out.write(style.ERROR(f"{alias}: unreachable: {report.errors[alias]}"))
+            continue
+        counts = ", ".join(f"{report.count(alias, state)} {state}" for state in State)
+        if alias in report.in_doubt:
+            counts += ", " + in_doubt_summary(out, report.in_doubt[alias])
+        out.write(f"{style.MIGRATE_HEADING(alias)}: {counts}")
+    for alias in report.participants:
+        if alias not in report.databases:
+            summary = (
+                style.ERROR(f"unreachable: {report.in_doubt_unreachable[alias]}")
+                if alias in report.in_doubt_unreachable
+                else in_doubt_summary(out, report.in_doubt[alias])
+            )
+            out.write(f"{style.MIGRATE_HEADING(alias)}: {summary}")
+    for health in report.replicas:
+        out.write(
+            f"{style.MIGRATE_HEADING(health.alias)} (replica of {health.primary!r}): "
+            + replica_summary(out, health)
+        )
+    reachable = [alias for alias in report.databases if alias not in report.errors]
+    rows = [
+        (label, states)
+        for label, states in report.migrations.items()
+        if all or State.PENDING in states.values()
+    ]
+    if rows:
+        table = grid("migration", *reachable)
+        for label, states in rows:
+            table.add_row(label, *(SYMBOLS[states[alias]] for alias in reachable))
+        out.write()
+        out.table(table)
+        out.write("(-: not routed here; migrate still records it)")
+    if report.audit:
+        out.write(style.ERROR(f"\n{len(report.audit)} table(s) disagree with the records:"))
+        for item in report.audit:
+            out.write(f"  {item.database}: {item.model}: {item.problem}")
+    else:
+        out.write("\nAudit: every table is where its migrations and routes say.")
+
+
+def replica_summary(out: Out, health: ReplicaStatus) -> str:
+    if health.problem:
+        return out.style.ERROR(f"{health.problem}; reads go to the other replicas or the primary")
+    return f"reachable, lag {health.lag:.1f} s"
+
+
+def in_doubt_summary(out: Out, count: int) -> str:
+    if not count:
+        return "0 in doubt"
+    return out.style.ERROR(f"{count} in doubt: run `fleet recover`")

@@ -1,0 +1,7 @@
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    operations = [
+        migrations.RunPython(migrations.RunPython.noop, hints={"model": "library.Bok"}),
+    ]
