@@ -322,7 +322,7 @@ def test_the_write_guard_lets_reads_and_covered_writes_through() -> None:
     ("sql", "write"),
     [
         ("SELECT 1", False),
-        ("  select * from t for update", False),
+        ("  select * from t for update", True),  # Takes row locks: the primary's.
         ("SAVEPOINT s1", False),
         ("INSERT INTO t VALUES (1)", True),
         ("WITH x AS (DELETE FROM t RETURNING *) SELECT 1", True),

@@ -14,7 +14,7 @@ from dbfleet.replicas.choice import mark_down
 from dbfleet.replicas.health import close
 from dbfleet.replicas.positions import OWN_QUERY
 from dbfleet.replicas.scopes import note_write
-from dbfleet.sql import is_write
+from dbfleet.sql import is_read, is_write
 from dbfleet.topology import Group
 
 
@@ -37,7 +37,7 @@ def guard_replica(
     except DatabaseError as error:
         if (
             many
-            or write  # Only a statement known to read is run again elsewhere.
+            or not is_read(sql)  # Only a statement known to read is run again elsewhere.
             or OWN_QUERY.get()
             or connection.in_atomic_block
             or _usable(connection)
