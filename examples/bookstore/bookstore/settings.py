@@ -26,6 +26,8 @@ def database(alias: str) -> DBConfig:
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / f"{alias}.sqlite3")}
     config = dj_database_url.parse(url)
+    # A server that never answers fails the connection in seconds (dbfleet.W006).
+    config["OPTIONS"] = {"connect_timeout": 5, **config.get("OPTIONS", {})}
     if config["ENGINE"] == "django.db.backends.mysql":
         # MySQL's "utf8" cannot store every character; utf8mb4 can.
         config["OPTIONS"] = {"charset": "utf8mb4", **config.get("OPTIONS", {})}
