@@ -56,6 +56,9 @@ ONLY_OWN = {"replication"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # An exception in a thread the test did not join through tests.threads (a
+    # raw threading.Thread) fails the test instead of passing with a warning.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
     if os.environ.get("DBFLEET_TEST_DATABASES") == "replication":
         from tests.servers import streaming_replica
         from tests.settings import STREAMING_PORTS
