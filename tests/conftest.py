@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from typing import Any
@@ -184,3 +185,29 @@ def own_scope() -> Iterator[None]:
 
     with fresh_scope():
         yield
+
+
+class Clock:
+    """``time.time()`` standing still, until the test moves it on."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Wall-clock time that passes only when the test says so, in every thread.
+
+    Read-your-writes windows are measured in wall-clock time (a pin must hold
+    across processes, in a cookie); with this clock, a test of a window is the
+    same on a loaded machine as on an idle one.
+    """
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    return clock
