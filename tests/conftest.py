@@ -1,18 +1,22 @@
 """Skip a database configuration whose servers are down, or fail when they must be up.
 
 Servers are required when ``CI`` is set or ``DBFLEET_TEST_SERVERS=require``; then
-a server that cannot be reached fails the run instead of skipping it.
+a server that cannot be reached fails the run instead of skipping it. The same
+holds for tests marked ``prepared_transactions`` on a PostgreSQL server that
+has them turned off (``max_prepared_transactions = 0``, its stock setting).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Any
 
 import pytest
@@ -26,6 +30,11 @@ CLUSTERS = pytest.StashKey[Any]()
 
 def servers_required() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("DBFLEET_TEST_SERVERS") == "require"
+
+
+def _required_because() -> str:
+    why = "CI is set" if os.environ.get("CI") else "DBFLEET_TEST_SERVERS=require"
+    return f"servers are required because {why}"
 
 
 def unavailable() -> str | None:
@@ -46,6 +55,42 @@ def unavailable() -> str | None:
     return None
 
 
+@functools.cache
+def prepared_transactions_missing() -> str | None:
+    """Why the PostgreSQL server cannot prepare transactions, or None when it can.
+
+    Asked once per run, and only when a selected test needs them.
+    """
+    import dj_database_url
+    import psycopg
+
+    from tests.servers import server_connection
+    from tests.settings import POSTGRES_URL
+
+    server = dj_database_url.parse(POSTGRES_URL)
+    host, port = server.get("HOST") or "localhost", server.get("PORT") or 5432
+    address = f"{host}:{port}"
+    try:
+        with closing(server_connection(POSTGRES_URL)) as connection:
+            cursor = connection.cursor()
+            cursor.execute("SHOW max_prepared_transactions")
+            (prepared,) = cursor.fetchone()
+            cursor.execute("SHOW server_version_num")
+            (version,) = cursor.fetchone()
+    except (OSError, psycopg.Error) as error:
+        return f"could not ask PostgreSQL at {address} about prepared transactions: {error}"
+    if int(prepared) > 0:
+        return None
+    return (
+        f"PostgreSQL at {address} has max_prepared_transactions = 0 (the stock setting), so "
+        "it cannot prepare transactions, which two-phase commit needs. Turn them on: "
+        f"psql -h {host} -p {port} -U {server.get('USER') or 'postgres'} -c "
+        "'ALTER SYSTEM SET max_prepared_transactions = 64', then restart the server "
+        f"(Debian/Ubuntu: pg_ctlcluster {int(version) // 10000} main restart; elsewhere: "
+        "pg_ctl -D <data directory> restart)"
+    )
+
+
 #: Tests that bring their own databases run once, in this configuration (it has both servers).
 OWN_DATABASES = {
     "tests/test_crash.py": "mixed",
@@ -56,6 +101,14 @@ ONLY_OWN = {"replication"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "prepared_transactions: the test prepares transactions on the PostgreSQL server "
+        "(skipped, or failed when servers are required, if the server has them off)",
+    )
+    # An exception in a thread the test did not join through tests.threads (a
+    # raw threading.Thread) fails the test instead of passing with a warning.
+    config.addinivalue_line("filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning")
     if os.environ.get("DBFLEET_TEST_DATABASES") == "replication":
         from tests.servers import streaming_replica
         from tests.settings import STREAMING_PORTS
@@ -91,9 +144,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in elsewhere]
     reason = unavailable()
     if reason is None:
+        preparing = [item for item in items if item.get_closest_marker("prepared_transactions")]
+        reason = prepared_transactions_missing() if preparing else None
+        items = preparing
+    if reason is None:
         return
     if servers_required():
-        raise pytest.UsageError(f"{reason} (servers are required because CI is set)")
+        raise pytest.UsageError(f"{reason} ({_required_because()})")
     skip = pytest.mark.skip(reason=f"{reason}; set DBFLEET_TEST_SERVERS=require to fail instead")
     for item in items:
         item.add_marker(skip)
@@ -128,3 +185,29 @@ def own_scope() -> Iterator[None]:
 
     with fresh_scope():
         yield
+
+
+class Clock:
+    """``time.time()`` standing still, until the test moves it on."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Wall-clock time that passes only when the test says so, in every thread.
+
+    Read-your-writes windows are measured in wall-clock time (a pin must hold
+    across processes, in a cookie); with this clock, a test of a window is the
+    same on a loaded machine as on an idle one.
+    """
+    clock = Clock()
+    monkeypatch.setattr(time, "time", clock)
+    return clock

@@ -7,8 +7,13 @@ every step of the protocol, then at random moments; each time, after
 ``fleet recover``, every database must hold the same transactions and no
 prepared transaction may be left.
 
-These tests bring their own databases (``dbfleet_crash_*``), so they run in
-one configuration only, ``mixed``, which has both servers (see conftest.py).
+These tests bring their own databases (``dbfleet_crash_*``, after
+``DBFLEET_TEST_PREFIX``), so they run in one configuration only, ``mixed``,
+which has both servers (see conftest.py). PostgreSQL must have prepared
+transactions turned on.
+
+Every read of the child's output has a deadline: a child that hangs or dies
+is killed, and the test fails with what it printed.
 """
 
 from __future__ import annotations
@@ -16,22 +21,29 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 import pytest
 
 from tests.crash.settings import ENGINES, PREFIX
 from tests.servers import SERVER_URLS, recreate, server_connection
 
+pytestmark = pytest.mark.prepared_transactions
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.crash.settings"}
+#: Seconds the child may take to start (Django's setup) and to reach each next step.
+START_SECONDS = 60
+STEP_SECONDS = 30
 
 SCENARIOS = {
     "postgres+mariadb": ("pg2", "maria"),
@@ -119,32 +131,100 @@ def crash_databases() -> Iterator[None]:
         recreate(engine, f"{PREFIX}_{alias}", create=False)
 
 
-def start_child(aliases: tuple[str, ...], first: int, pause: bool) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.crash.child", ",".join(aliases), str(first)]
-        + (["--pause"] if pause else []),
-        cwd=ROOT, env=ENV, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert child.stdout is not None and child.stdin is not None
-    assert child.stdout.readline() == "ready\n"
-    if pause:
-        child.stdin.write("\n")
-        child.stdin.flush()
+class Child:
+    """The child process, its output read line by line, each line within a deadline."""
+
+    def __init__(self, aliases: tuple[str, ...], first: int, pause: bool) -> None:
+        # Its errors go to a file: a pipe nobody reads could fill up and block it.
+        self.errors: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.child", ",".join(aliases), str(first)]
+            + (["--pause"] if pause else []),
+            cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.errors, bufsize=0,
+        )  # fmt: skip
+        assert self.process.stdout is not None and self.process.stdin is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        # Unbuffered bytes, split here: a buffered reader could hold lines that
+        # the selector, which watches the pipe, never hears about.
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.stdout, selectors.EVENT_READ)
+        self.printed = b""  # Everything read, for the message of a failure.
+        self.unread = b""  # Read from the pipe, not yet returned as a line.
+
+    def line(self, seconds: float = STEP_SECONDS) -> str:
+        """The child's next line, without its newline; fail if none comes in ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while b"\n" not in self.unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.selector.select(left):
+                self.fail(f"printed no line in {seconds:.0f} s")
+            chunk = os.read(self.stdout.fileno(), 65536)
+            if not chunk:
+                self.fail("ended")
+            self.printed += chunk
+            self.unread += chunk
+        line, self.unread = self.unread.split(b"\n", 1)
+        return line.decode()
+
+    def go_on(self) -> None:
+        """Let the paused child take its next step."""
+        try:
+            self.stdin.write(b"\n")
+            self.stdin.flush()
+        except BrokenPipeError:
+            self.fail("ended")
+
+    def fail(self, what: str) -> NoReturn:
+        if self.process.poll() is None:
+            self.process.kill()
+        code = self.process.wait(timeout=30)
+        self.errors.seek(0)
+        pytest.fail(
+            f"The child {what} (exit code {code}). It printed:\n{self.printed.decode()}\n"
+            f"and on stderr:\n{self.errors.read().decode()}",
+            pytrace=False,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the child, then wait until the servers have ended its sessions.
+
+        A statement the child had sent still runs to its end on the server (a
+        PREPARE may complete after the client is gone); only then is the state final.
+        """
+        self.process.kill()
+        if self.process.wait(timeout=30) != -signal.SIGKILL:
+            self.fail("had ended before it was killed")
+        deadline = time.monotonic() + 30
+        while other_sessions():
+            assert time.monotonic() < deadline, "the killed child's sessions did not end"
+            time.sleep(0.01)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:  # A test that failed before it killed the child.
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.selector.close()
+        self.errors.close()
+        self.stdin.close()
+        self.stdout.close()
+
+
+def start_child(aliases: tuple[str, ...], first: int, pause: bool) -> Child:
+    """A new child, once it said it is ready (and, paused, told to go on)."""
+    child = Child(aliases, first, pause)
+    try:
+        if child.line(START_SECONDS) != "ready":
+            child.fail("did not say it was ready")
+        if pause:
+            child.go_on()
+    except BaseException:
+        child.__exit__(None, None, None)
+        raise
     return child
-
-
-def kill(child: subprocess.Popen[str]) -> None:
-    """SIGKILL the child, then wait until the servers have ended its sessions.
-
-    A statement the child had sent still runs to its end on the server (a
-    PREPARE may complete after the client is gone); only then is the state final.
-    """
-    os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
-    deadline = time.monotonic() + 30
-    while other_sessions():
-        assert time.monotonic() < deadline, "the killed child's sessions did not end"
-        time.sleep(0.01)
 
 
 def other_sessions() -> int:
@@ -185,11 +265,12 @@ def assert_agree(aliases: tuple[str, ...], first: int) -> set[int]:
     return held[0]
 
 
-def next_step(child: subprocess.Popen[str]) -> str:
-    assert child.stdout is not None
-    line = child.stdout.readline().strip()
+def next_step(child: Child) -> str:
+    """The next protocol step the paused child is at."""
+    deadline = time.monotonic() + STEP_SECONDS
+    line = child.line()
     while line.startswith("begin "):
-        line = child.stdout.readline().strip()
+        line = child.line(max(0.0, deadline - time.monotonic()))
     return line
 
 
@@ -206,14 +287,12 @@ def test_killed_at_every_step(crash_databases: None, aliases: tuple[str, ...], s
     steps = protocol_steps(aliases)
     done = steps[: steps.index(step)]
     first = next(FRESH_KEYS)
-    child = start_child(aliases, first, pause=True)
-    assert child.stdin is not None
-    for passed in done:
-        assert next_step(child) == passed
-        child.stdin.write("\n")
-        child.stdin.flush()
-    assert next_step(child) == step
-    kill(child)
+    with start_child(aliases, first, pause=True) as child:
+        for passed in done:
+            assert next_step(child) == passed
+            child.go_on()
+        assert next_step(child) == step
+        child.kill()
 
     prepares = sum(s.startswith("prepare") for s in done)
     in_doubt = prepares - sum(s.startswith("commit") for s in done)
@@ -234,9 +313,9 @@ def test_killed_at_random_moments(crash_databases: None) -> None:
     for kill_number in range(100):
         aliases = SCENARIOS[names[kill_number % len(names)]]
         first = 1000 * kill_number
-        child = start_child(aliases, first, pause=False)
-        time.sleep(rng.uniform(0, 0.3))
-        kill(child)
+        with start_child(aliases, first, pause=False) as child:
+            time.sleep(rng.uniform(0, 0.3))
+            child.kill()
         left = len(prepared_left())
         report = fleet_recover()
         settled += left

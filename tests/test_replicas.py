@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from io import StringIO
 from typing import Any
 
@@ -35,9 +36,10 @@ from dbfleet.replicas.scopes import Pin, Writes, note_write
 from dbfleet.sql import is_write
 from dbfleet.testing import capture_queries, fresh_scope
 from dbfleet.topology import Group, Replica
+from tests.conftest import Clock
 from tests.library.models import Author, Book
 from tests.settings import DBFLEET
-from tests.threads import run_in_thread, run_in_threads
+from tests.threads import Threads, run_in_thread, run_in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -87,18 +89,17 @@ def test_raw_sql_writes_pin_too() -> None:
     assert read_author() == ["default"]
 
 
-def test_outside_any_scope_a_write_pins_for_the_window() -> None:
+def test_outside_any_scope_a_write_pins_for_the_window(clock: Clock) -> None:
     def in_a_new_thread() -> list[list[str]]:
-        try:
-            Author.objects.create(first_name="Ada")
-            first = read_author()
-            time.sleep(0.3)
-            return [first, read_author()]
-        finally:
-            connections.close_all()
+        Author.objects.create(first_name="Ada")
+        first = read_author()
+        clock.advance(0.19)
+        still = read_author()
+        clock.advance(0.02)
+        return [first, still, read_author()]
 
     with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
-        assert run_in_thread(in_a_new_thread) == [["default"], ["replica"]]
+        assert run_in_thread(in_a_new_thread) == [["default"], ["default"], ["replica"]]
 
 
 def test_nested_scopes_share_their_writes() -> None:
@@ -241,12 +242,9 @@ def test_pins_never_leak_between_1000_concurrent_tasks_and_threads(
     async def main() -> None:
         await asyncio.gather(*(task(number) for number in range(500)))
 
-    threads = [threading.Thread(target=thread, args=(number,)) for number in range(500)]
-    for worker in threads:
-        worker.start()
-    asyncio.run(main())
-    for worker in threads:
-        worker.join()
+    # An exception in a task (gather) or a thread (Threads) fails the test too.
+    with Threads([partial(thread, number) for number in range(500)]):
+        asyncio.run(main())
     assert wrong == []
     assert read_preference() is None
 
@@ -422,8 +420,8 @@ def test_a_request_that_writes_then_reads_still_sets_the_cookie(mode: str) -> No
         assert respond(view_reads, {"dbfleet_primary": cookie.value}).content == expected
 
 
-def test_the_cookie_holds_what_the_request_wrote_and_what_still_holds() -> None:
-    now = time.time()
+def test_the_cookie_holds_what_the_request_wrote_and_what_still_holds(clock: Clock) -> None:
+    now = clock.now
     writes = Writes(
         explicit=True,
         pins={
@@ -442,16 +440,18 @@ def test_the_cookie_holds_what_the_request_wrote_and_what_still_holds() -> None:
     incoming.COOKIES["dbfleet_primary"] = cookie.value
     entries = json.loads(str(incoming.get_signed_cookie("dbfleet_primary", salt=COOKIE_SALT)))
     assert sorted(entries) == ["books", "loans"]
-    assert entries["books"][1] is None and 2 <= entries["books"][0] - now < 2.5
+    assert entries["books"] == [now + 2, None]  # The window, from the moment of the response.
 
 
-def test_the_cookie_expires_after_the_window() -> None:
+def test_the_cookie_expires_after_the_window(clock: Clock) -> None:
     with override_settings(DBFLEET={**DBFLEET, "READ_YOUR_WRITES_WINDOW": 0.2}):
         cookie = respond(view_writes, {}).cookies["dbfleet_primary"]
         assert cookie["max-age"] == 1  # Rounded up; the value carries the exact end.
         browser = {"dbfleet_primary": cookie.value}
         assert respond(view_reads, browser).content == b"default"
-        time.sleep(0.3)
+        clock.advance(0.19)
+        assert respond(view_reads, browser).content == b"default"
+        clock.advance(0.02)
         assert respond(view_reads, browser).content == b"replica"
 
 

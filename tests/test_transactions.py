@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -201,19 +202,36 @@ def test_a_commit_on_a_dropped_session_is_a_partial_commit(money: None) -> None:
 
 
 def kill_session(alias: str) -> None:
-    """End ``alias``'s server session from another connection, as a crash would."""
+    """End ``alias``'s server session from another connection, as a crash would.
+
+    Returns once the server has ended it, so that nothing the caller sends
+    next can still reach the old session.
+    """
     connection = connections[alias]
     connection.ensure_connection()
     if connection.vendor == "postgresql":
         session = connection.connection.info.backend_pid
-        statement = "SELECT pg_terminate_backend(%s)"
+        statements = (
+            "SELECT pg_terminate_backend(%s)",
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+        )
     else:
         session = connection.connection.thread_id()
-        statement = "KILL %s"
+        statements = (
+            "KILL %s",
+            "SELECT count(*) FROM information_schema.processlist WHERE id = %s",
+        )
     other = connections.create_connection(alias)
     try:
         with other.cursor() as cursor:
-            cursor.execute(statement, [session])
+            cursor.execute(statements[0], [session])
+            deadline = time.monotonic() + 10
+            while True:
+                cursor.execute(statements[1], [session])
+                if not cursor.fetchone()[0]:
+                    break
+                assert time.monotonic() < deadline, f"session {session} of {alias!r} lives on"
+                time.sleep(0.005)
     finally:
         other.close()
 

@@ -11,8 +11,10 @@ from typing import Any
 import dj_database_url
 
 from tests.settings import MYSQL_URL, POSTGRES_URL
+from tests.settings import PREFIX as TEST_PREFIX
 
-PREFIX = "dbfleet_crash"
+#: ``dbfleet_crash`` unless DBFLEET_TEST_PREFIX says otherwise, so that two runs keep apart.
+PREFIX = f"{TEST_PREFIX}_crash"
 ENGINES = {"default": "postgres", "pg2": "postgres", "pg3": "postgres", "maria": "mysql"}
 
 
