@@ -9,6 +9,7 @@ from django.core.signals import request_finished, request_started
 from django.db import connections
 
 from dbfleet.testing import capture_queries
+from tests.conftest import Clock
 from tests.library.models import Author
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -39,8 +40,11 @@ def test_a_write_outside_any_scope_pins_the_reads_after_it() -> None:
         assert pool.submit(write_then_read).result(timeout=60) == ["default"]
 
 
-def test_a_pooled_thread_does_not_carry_pins_to_the_next_request() -> None:
-    """A server runs request after request on one thread, whose context stays."""
+def test_a_pooled_thread_does_not_carry_pins_to_the_next_request(clock: Clock) -> None:
+    """A server runs request after request on one thread, whose context stays.
+
+    The clock stands still: the second request comes well inside the window.
+    """
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(request, lambda: Author.objects.create(first_name="Ada")).result(timeout=60)
         # Another user's request, on the same thread, inside the read-your-writes window.

@@ -28,6 +28,7 @@ from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 
 import dbfleet
+from dbfleet import vendors
 from dbfleet.exceptions import InDoubtError
 from dbfleet.models import Decision
 from dbfleet.transactions.two_phase import find_in_doubt, recover, two_phase_step
@@ -390,17 +391,9 @@ def test_inside_a_test_case_transaction_it_is_a_plain_nested_block(
     assert steps == []
 
 
-#: Errors that mean "try again", and only those: PostgreSQL's serialization failure,
-#: deadlock and lock not available (SQLSTATE); MariaDB/MySQL's lock wait timeout and deadlock.
-TRY_AGAIN_SQLSTATES = {"40001", "40P01", "55P03"}
-TRY_AGAIN_MYSQL_CODES = {1205, 1213}
-
-
 def means_try_again(error: DatabaseError) -> bool:
-    if getattr(error.__cause__, "sqlstate", None) in TRY_AGAIN_SQLSTATES:
-        return True
-    # MySQLdb's errors carry the server's code first (psycopg's, a message).
-    return bool(error.args) and error.args[0] in TRY_AGAIN_MYSQL_CODES
+    """Only serialization failures, deadlocks and lock timeouts (dbfleet.vendors says which)."""
+    return any(vendor.is_retryable(error) for vendor in vendors.VENDORS.values())
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,9 @@ def probing(aliases: Iterable[str], seconds: float) -> Iterator[None]:
     try:
         for alias, original in originals.items():
             settings_dict = copy.deepcopy(original.settings_dict)
-            options = settings_dict.get("OPTIONS") or {}
+            # Not from the app's pool: Django keeps one per alias, which the probe's
+            # timeouts would either miss or leak into.
+            options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k != "pool"}
             settings_dict["OPTIONS"] = of(original).probe_options(options, seconds)
             connections[alias] = type(original)(settings_dict, alias)
         yield

@@ -117,7 +117,11 @@ class MySQL(Vendor):
             cursor.execute("SHOW REPLICA STATUS")
             row = cursor.fetchone()
             if row is None:
-                return None  # It replicates from nothing.
+                # Read-only servers replicated by other means (Galera, Aurora readers)
+                # show no replica status: read_only is their mark.
+                if query(connection, "SELECT @@GLOBAL.read_only")[0][0]:
+                    return ReplicaStatus(0.0, None, False)
+                return None  # Writable, and it replicates from nothing.
             columns = (column[0] for column in cursor.description)
             status = dict(zip(columns, row, strict=True))
         lag = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))

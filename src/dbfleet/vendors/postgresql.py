@@ -33,6 +33,7 @@ def _gid(xid: str, connection: BaseDatabaseWrapper) -> str:
 
 def _finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
     # COMMIT/ROLLBACK PREPARED cannot run inside a transaction block.
+    connection.ensure_connection()  # Recovery may settle on a connection closed meanwhile.
     dbapi = connection.connection
     outside = dbapi.autocommit
     with connection.wrap_database_errors:

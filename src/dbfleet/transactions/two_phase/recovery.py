@@ -181,7 +181,14 @@ def _recover_one(
             return Outcome(prepared, Action.WAITING, f"no decision yet; younger than {grace:g} s")
         if dry_run:
             return Outcome(prepared, Action.WOULD_ROLL_BACK, "no decision recorded")
-        decision = known[prepared.transaction_id] = decide_rollback(prepared.transaction_id)
+        try:
+            decision = decide_rollback(prepared.transaction_id)
+        except DatabaseError as error:
+            # Its coordinator's own record may be in flight, holding the key:
+            # recording "roll back" waits for it and can time out. Settle the rest.
+            reason = f"could not record a decision: {str(error).strip()}; run again"
+            return Outcome(prepared, Action.BUSY, reason)
+        known[prepared.transaction_id] = decision
     detail = "decision: commit" if decision else "no decision recorded"
     if dry_run:
         return Outcome(
