@@ -2,7 +2,7 @@
 
     python3 dev.py demo    # the bookstore example, on SQLite files
     python3 dev.py test    # lint, types, the suite on every engine, benchmarks (smoke), coverage
-    python3 dev.py lint    # ruff check, ruff format --check, mypy --strict
+    python3 dev.py lint    # ruff check, ruff format --check, mypy --strict, layers
     python3 dev.py bench   # the benchmarks, printing ratios
 
 Each task creates (or refreshes) a virtual environment from the locked
