@@ -835,7 +835,10 @@ def missing_tables_fix(database: Database, missing: list[str]) -> Fix | None:
         why, again = replay_from(database, database.recorded - unrecorded, missing, unrecorded)
     resume = "--resume " if database.half is not None and database.half.resumable else ""
     if not why:
-        note = "unrecords the migrations that create the missing tables, then runs them."
+        note = (
+            "creates the missing tables, empty: unrecords the migrations that create them, "
+            "then runs them (rows kept elsewhere are not moved)."
+        )
         if again:
             note += " These run again here too: " + ", ".join(again) + "."
         return Fix(alias, (*commands, f"manage.py fleet migrate {resume}--database {alias}"), note)
@@ -849,6 +852,17 @@ def missing_tables_fix(database: Database, missing: list[str]) -> Fix | None:
         f"{', '.join(f'`{table}`' for table in missing)} by hand, with the CREATE TABLE "
         f"statements these print, in `manage.py dbshell --database {alias}`.",
     )
+
+
+def does_something(alias: str, key: Key, operation: Operation) -> bool:
+    """Whether ``operation`` is a RunPython or RunSQL that does something on ``alias``."""
+    if isinstance(operation, RunPython):
+        idle = operation.code is RunPython.noop
+    elif isinstance(operation, RunSQL):
+        idle = operation.sql in (RunSQL.noop, "", [], ())
+    else:
+        return False
+    return not idle and decide(alias, key[0], operation)[0]
 
 
 def replay_from(
@@ -871,13 +885,7 @@ def replay_from(
             why = replay.run(done)
             if why:
                 return f"{key[0]}.{key[1]} operation {position} ({describe(operation)}): {why}", []
-            runs = decide(database.alias, key[0], operation)[0]
-            if (
-                not done
-                and runs
-                and key in unrecorded
-                and isinstance(operation, RunPython | RunSQL)
-            ):
+            if not done and key in unrecorded and does_something(database.alias, key, operation):
                 again.append(f"{key[0]}.{key[1]} operation {position} ({describe(operation)})")
     unmade = [table for table in missing if table not in replay.tables]
     if unmade:

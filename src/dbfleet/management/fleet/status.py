@@ -83,6 +83,10 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
         if alias in report.in_doubt:
             counts += ", " + in_doubt_summary(out, report.in_doubt[alias])
         out.write(f"{style.MIGRATE_HEADING(alias)}: {counts}")
+    for alias in report.audited:
+        if alias not in report.databases:
+            out.write(f"{style.MIGRATE_HEADING(alias)}: nothing is migrated here; audited for "
+                      "tables left behind")  # fmt: skip
     for alias, error in report.errors.items():
         if alias not in report.databases:
             out.write(style.ERROR(f"{alias} (nothing is migrated here): unreachable: {error}"))
@@ -113,11 +117,6 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
         out.table(table)
         out.write("(-: not routed here; migrate still records it)")
     write_audit(out, report)
-    if report.reasons:
-        out.write(
-            style.ERROR(f"\nNot in order (exit {int(report.exit_code)}):")
-            + "".join(f"\n  {reason.text}" for reason in report.reasons)
-        )
 
 
 def write_audit(out: Out, report: FleetStatus) -> None:
