@@ -28,6 +28,7 @@ from django.db.utils import ConnectionHandler
 from django.test import override_settings
 
 from dbfleet.migrating.drift import Drift
+from dbfleet.migrating.resume import NotResumable, resume
 from dbfleet.migrating.status import status
 from dbfleet.reports import ExitCode, FleetStatus, Reason, ReplicaStatus, status_reasons
 from tests.fleet_settings import PREFIX
@@ -87,6 +88,16 @@ class Project:
                 assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
                 results.append(result)
         return results
+
+    def tables(self, alias: str) -> set[str]:
+        handler = ConnectionHandler(
+            {alias: database(alias, self.prefix, str(self.directory)) for alias in ALIASES}
+        )
+        with self.blocker.unblock():
+            with handler[alias].cursor() as cursor:
+                found = set(handler[alias].introspection.table_names(cursor))
+            handler.close_all()
+        return found
 
     def sql(self, alias: str, *statements: str) -> list[tuple[Any, ...]]:
         """Run ``statements`` on ``alias`` past Django's routing; the last one's rows."""
@@ -244,6 +255,26 @@ def test_a_changed_default_database_keeps_the_rows_where_they_are(project: Proje
     assert {item["kind"] for item in report["audit"]} <= {Drift.ROWS_ELSEWHERE, Drift.STRAY}
 
 
+def test_an_unhinted_operation_in_a_split_app_is_refused_before_anything_runs(
+    project: Project,
+) -> None:
+    project.env["migration_modules"] = "library=tests.migration_cases.unhinted"
+    where = "tests/migration_cases/unhinted/0001_initial.py, operation 1 (RunPython noop)"
+    result = project.run("fleet", "migrate")
+    assert result.returncode == 1
+    assert "dbfleet.E034" in result.stderr and where in result.stderr
+    # With the checks skipped, fleet migrate itself refuses, and says what to do where the
+    # migration is already recorded.
+    result = project.run("fleet", "migrate", "--skip-checks")
+    assert result.returncode == 2
+    assert "Nothing was migrated" in result.stderr and where in result.stderr
+    assert "Fix: hints={'target_db': 'default'}" in result.stderr
+    assert "Where this migration is already recorded, the hint alone changes nothing" in (
+        result.stderr
+    )
+    assert all(not project.tables(alias) for alias in ALIASES)
+
+
 # --- In process, on the test databases ----------------------------------------------
 
 
@@ -264,6 +295,30 @@ def test_a_column_without_its_migration_is_found_as_a_half_applied_migration() -
     assert [fix.commands for fix in result.fixes] == [
         ("manage.py fleet migrate --resume --database books",)
     ]
+
+
+@pytest.mark.skipif(
+    ENGINES["books"] == "mysql",
+    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
+)
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.out_of_order"})
+@pytest.mark.django_db(databases="__all__")
+def test_effects_out_of_order_are_not_resumed() -> None:
+    with connections["books"].cursor() as cursor:
+        cursor.execute("ALTER TABLE library_book ADD COLUMN depth integer DEFAULT 0 NOT NULL")
+    result = status()
+    item, extra = result.audit
+    assert item.kind == Drift.HALF_APPLIED and extra.kind == Drift.EXTRA_COLUMN
+    assert item.problem.startswith(
+        "column `library_book.depth` exists, but `library.0003_two_columns` is not recorded, and "
+        "its operations' effects are there out of order (done: 2; not done: 1): it cannot be "
+        "resumed."
+    )
+    assert [fix.commands for fix in result.fixes] == [
+        ("manage.py sqlmigrate library 0003_two_columns --database books",)
+    ]
+    with pytest.raises(NotResumable, match="cannot be resumed"):
+        resume("books")
 
 
 @pytest.mark.skipif(

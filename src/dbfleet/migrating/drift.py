@@ -427,7 +427,7 @@ def half_applied(database: Database) -> HalfApplied | None:
             done=last + 1,
             total=len(steps),
             resumable=resumable,
-            evidence=next(done.evidence() for _, _, done in steps if done),
+            evidence=steps[present[0]][2].evidence(),
             candidates=candidates if len(candidates) > 1 else (),
             present=tuple(i + 1 for i in present),
             absent=tuple(i + 1 for i in absent),
