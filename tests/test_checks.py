@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.checks import CheckMessage, run_checks
+from django.core.checks import ERROR, CheckMessage, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connections
 from django.test import override_settings
 
 from dbfleet.check_ids import CheckId
@@ -350,7 +351,7 @@ PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
         fleet(ROUTES={**ROUTES, "loans.Member": "default"}),
         {CheckId.RELATION_ACROSS_GROUPS},
     ),
-    (CheckId.UNHINTED_OPERATION, cases("unhinted"), set()),
+    (CheckId.UNHINTED_OPERATION_IN_SPLIT_APP, cases("unhinted"), set()),
 ]
 #: Checks that need a server or an engine set up for them: tested on their own.
 DATABASE_CHECKS = {
@@ -358,7 +359,11 @@ DATABASE_CHECKS = {
     CheckId.REPLICA_ON_ANOTHER_SQLITE_FILE,
     CheckId.REPLICA_WITHOUT_CONNECT_TIMEOUT,
     CheckId.REPLICA_DOES_NOT_REPLICATE,
+    CheckId.UNAPPLIED_MIGRATIONS,
+    CheckId.MIGRATIONS_UNKNOWN,
 }
+#: Ids no longer reported (their problem got another id); kept, never reused.
+RETIRED = {CheckId.UNHINTED_OPERATION}
 
 
 @pytest.mark.parametrize(
@@ -375,7 +380,7 @@ def test_each_problem_is_reported_with_its_one_id(
 
 
 def test_every_problem_has_its_case() -> None:
-    assert {problem for problem, _, _ in PROBLEMS} | DATABASE_CHECKS == set(CheckId)
+    assert {problem for problem, _, _ in PROBLEMS} | DATABASE_CHECKS | RETIRED == set(CheckId)
     assert set(MIGRATION_CHECKS) == set(Kind)
 
 
@@ -399,14 +404,71 @@ def test_e018_target_db_not_in_databases() -> None:
     assert message.hint == "Use hints={'target_db': 'books'}."
 
 
-def test_w003_unhinted_operation_in_a_split_app() -> None:
-    message = only(migration_problems("unhinted"), "dbfleet.W003")
-    assert "app 'library' is split across databases" in message.msg
-    assert message.hint is not None and "target_db" in message.hint
+def test_e034_unhinted_operation_in_a_split_app() -> None:
+    message = only(migration_problems("unhinted"), "dbfleet.E034")
+    assert message.level == ERROR
+    assert message.msg.startswith(
+        "tests/migration_cases/unhinted/0001_initial.py, operation 1 (RunPython noop) has no "
+        "hints, and app 'library' is split across databases, so it would run on "
+        "DEFAULT_DATABASE ('default') only and be recorded as applied on the others"
+    )
+    assert message.hint is not None
+    assert message.hint.startswith("Use hints={'target_db': 'default'} (or the database it is")
+    # What to do where it is already recorded, and what not to do.
+    assert "Where this migration is already recorded, the hint alone changes nothing" in (
+        message.hint
+    )
+    assert "`manage.py sqlmigrate library 0001_initial --database ALIAS`" in message.hint
+    assert "Do not unrecord it with `migrate --fake`" in message.hint
 
 
-def test_w003_silent_for_an_app_routed_as_a_whole() -> None:
+def test_e034_silent_for_an_app_routed_as_a_whole() -> None:
     assert migration_problems("unhinted", app="loans") == []
+
+
+def test_w003_is_retired_for_e034() -> None:
+    """W003 was a warning for what E034 now refuses: it is never reported, and not reused."""
+    assert "retired" in CheckId.UNHINTED_OPERATION.problem
+    found = {message.id for message in migration_problems("unhinted")}
+    assert found == {"dbfleet.E034"}
+
+
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.pending"})
+@pytest.mark.django_db(databases="__all__")
+def test_w008_database_with_unapplied_migrations() -> None:
+    # library.0003_note adds a column to Book, which lives in 'books'.
+    messages = run_checks(databases=["default", "books", "loans", "replica"], tags=["database"])
+    message = only(messages, "dbfleet.W008")
+    assert message.msg == (
+        "Database 'books' has 1 unapplied migration(s) (apps: library). `manage.py migrate` "
+        "migrates only 'default' unless told --database."
+    )
+    assert message.hint == "Run `manage.py fleet migrate`: it migrates every database."
+    stderr = StringIO()
+    call_command("check", "--database", "books", stdout=StringIO(), stderr=stderr)
+    assert "dbfleet.W008" in stderr.getvalue() and "manage.py fleet migrate" in stderr.getvalue()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_w008_silent_when_every_database_is_migrated() -> None:
+    found = run_checks(databases=list(DATABASES), tags=["database"])
+    assert not {"dbfleet.W008", "dbfleet.W009"} & {message.id for message in found}
+    # Without databases (plain `check` on Django 5.2), nothing is asked.
+    assert run_checks(tags=["database"]) == []
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_w009_database_that_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The probe connection is made from these settings: it cannot connect.
+    settings_dict = connections["loans"].settings_dict
+    if ENGINES["loans"] == "sqlite":
+        monkeypatch.setitem(settings_dict, "NAME", "/nonexistent/directory/loans.sqlite3")
+    else:
+        monkeypatch.setitem(settings_dict, "HOST", "127.0.0.1")
+        monkeypatch.setitem(settings_dict, "PORT", 1)  # Nothing listens: refused at once.
+    message = only(run_checks(databases=["loans"], tags=["database"]), "dbfleet.W009")
+    assert message.msg.startswith("Database 'loans' could not be asked which migrations it has")
+    assert "OperationalError" in message.msg
 
 
 def test_e016_route_to_an_auto_created_model() -> None:

@@ -184,12 +184,18 @@ def test_fleet_status_json_is_the_report() -> None:
         "migrations",
         "errors",
         "audit",
+        "audited",
+        "fixes",
+        "configuration",
         "participants",
         "in_doubt",
         "in_doubt_unreachable",
         "replicas",
+        "reasons",
+        "exit_code",
     ]
     assert document["in_doubt"] == dict.fromkeys(report.participants, 0)
+    assert document["audited"] == list(ALIASES) and document["exit_code"] == 0
 
 
 def test_string_model_hints_resolve_like_classes() -> None:

@@ -98,6 +98,12 @@ class CheckId(StrEnum):
     HINT_TO_REPLICA = "dbfleet.E031", "a `target_db` hint names a replica"
     HINT_TO_UNKNOWN_MODEL = "dbfleet.E032", "a `model` hint names no installed model"
     BAD_PROBE_TIMEOUT = "dbfleet.E033", "`PROBE_TIMEOUT` is not a number of seconds >= 0"
+    UNHINTED_OPERATION_IN_SPLIT_APP = (
+        "dbfleet.E034",
+        "a `RunPython`/`RunSQL` without hints in an app split across databases: it would run on "
+        "`DEFAULT_DATABASE` only and be recorded as applied on the others (`fleet migrate` "
+        "refuses it)",
+    )
     REPLICA_MIRRORS_ANOTHER_DATABASE = (
         "dbfleet.W001",
         'a replica\'s `TEST["MIRROR"]` names another database than its primary',
@@ -106,10 +112,11 @@ class CheckId(StrEnum):
         "dbfleet.W002",
         "a relation spans two groups with `db_constraint=False`",
     )
+    #: Retired: this problem is an error now, ``E034``; W003 is never reported again.
     UNHINTED_OPERATION = (
         "dbfleet.W003",
         "a `RunPython`/`RunSQL` without hints in an app split across databases (it runs on "
-        "`DEFAULT_DATABASE` only)",
+        "`DEFAULT_DATABASE` only); retired: now reported as `dbfleet.E034`, an error",
     )
     NO_PREPARED_TRANSACTIONS = (
         "dbfleet.W004",
@@ -128,4 +135,13 @@ class CheckId(StrEnum):
     REPLICA_DOES_NOT_REPLICATE = (
         "dbfleet.W007",
         "a replica's database replicates from nothing (database check: `check --database`)",
+    )
+    UNAPPLIED_MIGRATIONS = (
+        "dbfleet.W008",
+        "a database has unapplied migrations (database check: `check --database`, `runserver` "
+        "on Django 6)",
+    )
+    MIGRATIONS_UNKNOWN = (
+        "dbfleet.W009",
+        "a database could not be reached to look for unapplied migrations (database check)",
     )

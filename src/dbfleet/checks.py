@@ -8,13 +8,15 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import connections, models, router
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router
+from django.db.migrations.recorder import MigrationRecorder
 from django.db.utils import load_backend
 
 from dbfleet import vendors
 from dbfleet.check_ids import CheckId
 from dbfleet.conf import OBJ, did_you_mean, fleet_settings, get_topology
-from dbfleet.migrating.lint import Kind, lint
+from dbfleet.migrating.lint import Kind, disk_migrations, lint
+from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.replicas import Health, replica_health
 from dbfleet.routing import Router, relations
 from dbfleet.topology import Topology, split_route_key
@@ -234,7 +236,9 @@ MIGRATION_CHECKS: dict[Kind, tuple[type[Error] | type[Warning], CheckId]] = {
     Kind.UNKNOWN_TARGET: (Error, CheckId.HINT_TO_UNKNOWN_DATABASE),
     Kind.REPLICA_TARGET: (Error, CheckId.HINT_TO_REPLICA),
     Kind.UNKNOWN_MODEL: (Error, CheckId.HINT_TO_UNKNOWN_MODEL),
-    Kind.UNHINTED: (Warning, CheckId.UNHINTED_OPERATION),
+    # An error since the operation would run on the wrong database: was UNHINTED_OPERATION,
+    # a warning (dbfleet.W003, now never reported; ids are not reused).
+    Kind.UNHINTED: (Error, CheckId.UNHINTED_OPERATION_IN_SPLIT_APP),
 }
 
 
@@ -242,7 +246,7 @@ MIGRATION_CHECKS: dict[Kind, tuple[type[Error] | type[Warning], CheckId]] = {
 def check_migration_hints(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """E017, E018, E031, E032, W003: migration hints that crash, route nowhere, or are missing."""
+    """E017, E018, E031, E032, E034: migration hints that crash, route nowhere, or are missing."""
     messages: list[CheckMessage] = []
     for finding in lint():
         level, check_id = MIGRATION_CHECKS[finding.kind]
@@ -352,4 +356,64 @@ def check_replicas_replicate(
                     id=CheckId.REPLICA_DOES_NOT_REPLICATE,
                 )
             )
+    return found
+
+
+@register(Tags.database)
+def check_unapplied_migrations(
+    app_configs: Sequence[Any] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """W008, W009: a database with unapplied migrations, or one that could not be asked.
+
+    Plain ``manage.py migrate`` migrates one database and ``runserver`` only
+    looks at ``default``; this names every database left behind. It reads one
+    table per database, on a probe connection: a server that is down costs at
+    most ``PROBE_TIMEOUT``.
+    """
+    if databases is None:
+        return []
+    migratable = set(migratable_databases())
+    chosen = [alias for alias in databases if alias in migratable]
+    graph = disk_migrations().graph
+    found: list[CheckMessage] = []
+    with vendors.probing(chosen, fleet_settings().seconds["PROBE_TIMEOUT"]):
+        for alias in chosen:
+            obj = f"settings.DATABASES[{alias!r}]"
+            try:
+                applied = set(MigrationRecorder(connections[alias]).applied_migrations())
+            except DatabaseError as error:
+                found.append(
+                    Warning(
+                        f"Database {alias!r} could not be asked which migrations it has "
+                        f"({first_line(error)}), so dbfleet.W008 cannot say whether it is "
+                        "up to date.",
+                        hint="Check that its server is up; `manage.py fleet status` shows "
+                        "every database.",
+                        obj=obj,
+                        id=CheckId.MIGRATIONS_UNKNOWN,
+                    )
+                )
+                continue
+            pending = [
+                migration
+                for key, migration in graph.nodes.items()
+                if key not in applied
+                # A squashed migration is applied where everything it replaces is.
+                and not (migration.replaces and set(migration.replaces) <= applied)
+                and runs_on(alias, migration)
+            ]
+            if pending:
+                apps = sorted({migration.app_label for migration in pending})
+                found.append(
+                    Warning(
+                        f"Database {alias!r} has {len(pending)} unapplied migration(s) "
+                        f"(apps: {', '.join(apps)}). `manage.py migrate` migrates only "
+                        f"{DEFAULT_DB_ALIAS!r} unless told --database.",
+                        hint="Run `manage.py fleet migrate`: it migrates every database.",
+                        obj=obj,
+                        id=CheckId.UNAPPLIED_MIGRATIONS,
+                    )
+                )
     return found

@@ -31,7 +31,7 @@ class Kind(StrEnum):
     REPLICA_TARGET = "replica-target"
     #: ``model`` names no installed model.
     UNKNOWN_MODEL = "unknown-model"
-    #: No hints, in an app split across databases: runs on DEFAULT_DATABASE only.
+    #: No hints, in an app split across databases: would run on DEFAULT_DATABASE only.
     UNHINTED = "unhinted"
 
 
@@ -136,13 +136,13 @@ def lint() -> list[Finding]:
             }
             findings += [
                 Finding(kind, **where, problem=problem, fix=fix)
-                for kind, problem, fix in _hint_problems(hints, app_label, topology)
+                for kind, problem, fix in _hint_problems(hints, app_label, name, topology)
             ]
     return findings
 
 
 def _hint_problems(
-    hints: dict[str, Any], app_label: str, topology: Topology
+    hints: dict[str, Any], app_label: str, migration: str, topology: Topology
 ) -> Iterator[tuple[Kind, str, str]]:
     """(kind, problem, fix) for each problem of one operation's ``hints``."""
     if "db" in hints:
@@ -159,12 +159,20 @@ def _hint_problems(
         return
     if not hints:
         if app_label in topology.split_apps:
+            default = topology.default_database
             yield (
                 Kind.UNHINTED,
-                f"has no hints, and app {app_label!r} is split across databases, so it runs "
-                f"on DEFAULT_DATABASE ({topology.default_database!r}) only",
-                f"hints={{'target_db': {topology.default_database!r}}} (or the database it is "
-                "meant for), or hints={'model': 'app_label.Model'}",
+                f"has no hints, and app {app_label!r} is split across databases, so it would "
+                f"run on DEFAULT_DATABASE ({default!r}) only and be recorded as applied on the "
+                "others, where it would then never run",
+                f"hints={{'target_db': {default!r}}} (or the database it is meant for), or "
+                "hints={'model': 'app_label.Model'}. Where this migration is already recorded, "
+                f"the hint alone changes nothing: it ran on {default!r} only. Run it by hand "
+                "where it was meant to run (a RunSQL's statements: `manage.py sqlmigrate "
+                f"{app_label} {migration} --database ALIAS`, once the hint is there; a "
+                "RunPython's function: in `manage.py shell`). Do not unrecord it with "
+                "`migrate --fake` to rerun it: its other operations, and the migrations after "
+                "it, would run again",
             )
         return
     yield from _target_problems(hints, topology)

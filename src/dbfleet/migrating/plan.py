@@ -43,6 +43,11 @@ class MigrationPlan:
     def label(self) -> str:
         return f"{self.app_label}.{self.name}"
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether any of its operations runs on the database planned."""
+        return any(step.runs for step in self.operations)
+
 
 @dataclass(frozen=True)
 class DatabasePlan:
@@ -63,11 +68,16 @@ def migratable_databases() -> list[str]:
     topology = get_topology()
     wanted = {topology.default_database, *topology.model_routes.values()}
     wanted |= {*topology.app_routes.values(), *hinted_databases()}
+    return [alias for alias in primary_databases() if alias in wanted]
+
+
+def primary_databases() -> list[str]:
+    """Every database that holds its own data: not a replica, a test mirror or a dummy."""
+    topology = get_topology()
     return [
         alias
         for alias in connections
-        if alias in wanted
-        and not topology.is_replica(alias)
+        if not topology.is_replica(alias)
         and not connections.settings[alias].get("TEST", {}).get("MIRROR")
         and connections.settings[alias]["ENGINE"] != "django.db.backends.dummy"
     ]

@@ -11,6 +11,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
 from dbfleet.management.fleet import plan as plan_command
+from dbfleet.management.fleet import resume
 from dbfleet.management.fleet.output import (
     Out,
     add_database_option,
@@ -18,7 +19,7 @@ from dbfleet.management.fleet.output import (
     chosen_databases,
     grid,
 )
-from dbfleet.migrating.lint import Kind, lint
+from dbfleet.migrating.lint import lint
 from dbfleet.migrating.plan import first_line, plan
 from dbfleet.migrating.runner import Outcome, Result, migrate_all
 
@@ -51,19 +52,25 @@ def add_arguments(parser: CommandParser) -> None:
         help="Never prompt (workers never prompt anyway).",
     )  # fmt: skip
     parser.add_argument("--skip-checks", action="store_true", help="Skip system checks.")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="First finish each migration that stopped half-way (`fleet status` names them): "
+        "run its operations after those already done, and record it.",
+    )
 
 
 def refuse_broken_hints() -> None:
-    """Stop before anything runs if an operation's hints would crash or route nowhere."""
-    broken = [finding for finding in lint() if finding.kind is not Kind.UNHINTED]
+    """Stop before anything runs if an operation's hints would crash or route it wrongly."""
+    broken = lint()
     if broken:
         lines = [
             f"  {finding.location()} {finding.problem}.\n    Fix: {finding.fix}"
             for finding in broken
         ]
         raise CommandError(
-            "Nothing was migrated: these operations would fail or run nowhere:\n"
-            + "\n".join(lines),
+            "Nothing was migrated: these operations would fail, or run nowhere or on the "
+            "wrong database:\n" + "\n".join(lines),
             returncode=2,
         )
 
@@ -98,6 +105,8 @@ def handle(out: Out, *, databases: list[str] | None, verbosity: int, **options: 
         out.write("No pending migrations on " + ", ".join(aliases) + ".")
         return
 
+    if options["resume"]:
+        resume.finish_half_applied(out, aliases, verbosity)
     jobs = max(1, min(options["jobs"], len(aliases)))
     if verbosity >= 1:
         out.write(

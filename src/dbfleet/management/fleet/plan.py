@@ -14,31 +14,49 @@ from dbfleet.management.fleet.output import (
     chosen_databases,
     shorten,
 )
+from dbfleet.management.fleet.status import refuse_unless_in_order
 from dbfleet.migrating.plan import DatabasePlan, plan
+from dbfleet.reports import plan_reasons
 
 NAME = "plan"
 HELP = "Show which migration operation runs on which database, and why."
 DESCRIPTION = (
     "For every database, each pending migration (every one with --all) "
-    "and each of its operations: runs here, or skipped by routing, with the reason."
+    "and each of its operations: runs here, or skipped by routing, with the reason. "
+    "With --check, exits 0 only when nothing is pending anywhere."
 )
 
 
 def add_arguments(parser: CommandParser) -> None:
     add_database_option(parser, "Plan only this database (repeatable).")
     parser.add_argument("--all", action="store_true", help="Include applied migrations.")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Exit non-zero unless nothing is pending anywhere: 1 pending, 6 unreachable, "
+        "7 configuration errors (as `fleet status`).",
+    )
     add_format_option(parser)
     add_verbosity_option(parser)
 
 
 def handle(
-    out: Out, *, databases: list[str] | None, all: bool, format: str, verbosity: int, **options: Any
+    out: Out,
+    *,
+    databases: list[str] | None,
+    all: bool,
+    format: str,
+    verbosity: int,
+    check: bool = False,
+    **options: Any,
 ) -> None:
     plans = plan(chosen_databases(databases), include_applied=all)
     if format == "json":
         out.json(plans)
-        return
-    write_text(out, plans, verbosity)
+    else:
+        write_text(out, plans, verbosity)
+    if check:
+        refuse_unless_in_order(plan_reasons(plans))
 
 
 def write_text(out: Out, plans: list[DatabasePlan], verbosity: int = 1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from dbfleet.management.fleet.output import (
     Out,
@@ -15,14 +15,16 @@ from dbfleet.management.fleet.output import (
     grid,
 )
 from dbfleet.migrating.status import State
-from dbfleet.reports import FleetStatus, ReplicaStatus, fleet_status
+from dbfleet.reports import FleetStatus, Reason, ReplicaStatus, fleet_status
 
 NAME = "status"
-HELP = "Show migrations x databases, replica health and lag, in-doubt transactions."
+HELP = "Show migrations x databases, the audit, replica health and lag, in-doubt transactions."
 DESCRIPTION = (
-    "A matrix of migrations x databases (applied, pending, not routed "
-    "here), an audit of tables against the migration records and the routes, each "
-    "replica's reachability and lag, and the in-doubt two-phase transactions."
+    "A matrix of migrations x databases (applied, pending, not routed here), an audit "
+    "of every table and column against the migration records and the routes, each "
+    "replica's reachability and lag, and the in-doubt two-phase transactions. Exits 0 "
+    "only when all is in order: 1 pending, 3 drift, 4 in doubt, 5 a replica not "
+    "serving reads, 6 unreachable, 7 configuration errors (the highest that applies)."
 )
 #: How each state shows in the matrix.
 SYMBOLS = {State.APPLIED: "applied", State.PENDING: "[bold]pending[/]", State.NOT_ROUTED: "-"}
@@ -43,12 +45,36 @@ def handle(
     report = fleet_status(chosen_databases(databases), only=databases or ())
     if format == "json":
         out.json(report)
+    else:
+        write_text(out, report, all)
+    refuse_unless_in_order(report.reasons)
+
+
+def refuse_unless_in_order(reasons: list[Reason]) -> None:
+    """Exit with the most serious reason's code, if there is any (also ``plan --check``)."""
+    if not reasons:
         return
-    write_text(out, report, all)
+    code = max(reason.code for reason in reasons)
+    raise CommandError(
+        f"Not in order (exit {int(code)}, {code.name.lower().replace('_', ' ')}): "
+        + "; ".join(reason.text for reason in reasons)
+        + ".",
+        returncode=int(code),
+    )
 
 
 def write_text(out: Out, report: FleetStatus, all: bool) -> None:
     style = out.style
+    if report.configuration:
+        out.write(
+            style.ERROR(
+                "Configuration errors: fix these first. Until then the routes are not what "
+                "the settings mean, and nothing is audited:"
+            )
+        )
+        for line in report.configuration:
+            out.write(f"  {line}")
+        out.write()
     for alias in report.databases:
         if alias in report.errors:
             out.write(style.ERROR(f"{alias}: unreachable: {report.errors[alias]}"))
@@ -57,6 +83,13 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
         if alias in report.in_doubt:
             counts += ", " + in_doubt_summary(out, report.in_doubt[alias])
         out.write(f"{style.MIGRATE_HEADING(alias)}: {counts}")
+    for alias in report.audited:
+        if alias not in report.databases:
+            out.write(f"{style.MIGRATE_HEADING(alias)}: nothing is migrated here; audited for "
+                      "tables left behind")  # fmt: skip
+    for alias, error in report.errors.items():
+        if alias not in report.databases:
+            out.write(style.ERROR(f"{alias} (nothing is migrated here): unreachable: {error}"))
     for alias in report.participants:
         if alias not in report.databases:
             summary = (
@@ -76,19 +109,41 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
         for label, states in report.migrations.items()
         if all or State.PENDING in states.values()
     ]
-    if rows:
+    if rows and reachable:
         table = grid("migration", *reachable)
         for label, states in rows:
             table.add_row(label, *(SYMBOLS[states[alias]] for alias in reachable))
         out.write()
         out.table(table)
         out.write("(-: not routed here; migrate still records it)")
+    write_audit(out, report)
+
+
+def write_audit(out: Out, report: FleetStatus) -> None:
+    style = out.style
+    if report.configuration:
+        out.write("\nAudit: not done until the configuration errors above are fixed.")
+        return
+    unaudited = list(report.errors)
     if report.audit:
-        out.write(style.ERROR(f"\n{len(report.audit)} table(s) disagree with the records:"))
+        out.write(style.ERROR(f"\n{len(report.audit)} table(s) or column(s) disagree:"))
         for item in report.audit:
             out.write(f"  {item.database}: {item.model}: {item.problem}")
-    else:
+        if report.fixes:
+            out.write("\nTo put it right (each command checked against what the database has):")
+            for fix in report.fixes:
+                out.write(f"  {style.MIGRATE_HEADING(fix.database)}: {fix.note}")
+                for command in fix.commands:
+                    out.write(f"    {command}")
+    elif not unaudited:
         out.write("\nAudit: every table is where its migrations and routes say.")
+    elif report.audited:
+        out.write(
+            f"\nAudit of {', '.join(report.audited)}: every table is where its migrations "
+            "and routes say."
+        )
+    if unaudited:
+        out.write(style.ERROR(f"Not audited (unreachable): {', '.join(unaudited)}."))
 
 
 def replica_summary(out: Out, health: ReplicaStatus) -> str:
