@@ -370,6 +370,7 @@ def test_fleet_status_shows_each_replica() -> None:
         "alias": "replica",
         "primary": "default",
         "reachable": True,
+        "state": "ok",
         "lag": 0.0,
         "problem": "",
     }
