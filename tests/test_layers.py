@@ -127,16 +127,20 @@ def test_layer_imports_only_what_it_may(module: str) -> None:
 def test_vendor_branches_only_in_vendors(module: str) -> None:
     """``connection.vendor == "postgresql"`` belongs in ``vendors/``."""
     tree = ast.parse(MODULES[module].read_text())
+    engines = {"postgresql", "mysql", "sqlite", "oracle"}
     branches = [
         node.lineno
         for node in ast.walk(tree)
         if isinstance(node, ast.Compare)
         and any(
-            isinstance(side, ast.Attribute) and side.attr == "vendor"
+            isinstance(side, ast.Attribute) and side.attr in ("vendor", "name")
             for side in (node.left, *node.comparators)
         )
         and any(
-            isinstance(side, ast.Constant) and isinstance(side.value, str)
+            isinstance(side, ast.Constant)
+            and side.value in engines
+            or isinstance(side, ast.Tuple | ast.Set | ast.List)
+            and any(isinstance(e, ast.Constant) and e.value in engines for e in side.elts)
             for side in (node.left, *node.comparators)
         )
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -294,6 +295,13 @@ def check_prepared_transactions(
     return warnings
 
 
+def _same_file(mine: object, theirs: object) -> bool | None:
+    """Whether two SQLite NAMEs are one file (a str or a Path, relative or not); None: unknown."""
+    if not mine or not theirs:
+        return None
+    return os.path.realpath(str(mine)) == os.path.realpath(str(theirs))
+
+
 @register(TAG)
 def check_replica_databases(
     app_configs: Sequence[Any] | None = None, **kwargs: Any
@@ -305,9 +313,8 @@ def check_replica_databases(
             config = settings.DATABASES.get(replica.alias, {})
             vendor = vendors.of_engine(load_backend(config["ENGINE"]).DatabaseWrapper.vendor)
             obj = f"settings.DATABASES[{replica.alias!r}]"
-            if vendor.name == "sqlite" and config.get("NAME") != settings.DATABASES.get(
-                primary, {}
-            ).get("NAME"):
+            theirs = settings.DATABASES.get(primary, {}).get("NAME")
+            if not vendor.replicates and _same_file(config.get("NAME"), theirs) is False:
                 found.append(
                     Warning(
                         f"Replica {replica.alias!r} of {primary!r} is the SQLite file "

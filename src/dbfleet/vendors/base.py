@@ -82,6 +82,8 @@ class Vendor:
 
     #: Django's ``connection.vendor``.
     name: ClassVar[str] = ""
+    #: Whether a database of it can be a replica of another (SQLite's cannot).
+    replicates: ClassVar[bool] = True
     #: Whether it can prepare a transaction (two-phase commit).
     two_phase: ClassVar[bool] = False
     #: The ``OPTIONS`` key of a connect timeout in seconds, if the driver has one.

@@ -9,6 +9,7 @@ from dbfleet.vendors.base import Vendor
 
 class SQLite(Vendor):
     name = "sqlite"
+    replicates = False
 
     @staticmethod
     def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
