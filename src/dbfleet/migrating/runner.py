@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -21,6 +21,7 @@ from django.db.migrations.graph import MigrationGraph
 from django.db.migrations.recorder import MigrationRecorder
 
 from dbfleet.migrating.plan import first_line, runs_on
+from dbfleet.migrating.worker import migrate_up_to_date
 
 #: How often the runner looks at its workers.
 POLL_SECONDS = 0.05
@@ -62,11 +63,25 @@ class _Worker:
     applied_before: int
 
 
-def worker_command(alias: str, *, fake: bool, verbosity: int, skip_checks: bool) -> list[str]:
-    """Django's own migrate for one database, in a fresh interpreter."""
-    command = [sys.executable, "-m", "django", "migrate", "--database", alias, "--noinput"]
+def worker_command(
+    alias: str,
+    *,
+    fake: bool,
+    verbosity: int,
+    skip_checks: bool,
+    fake_initial: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """``migrate --database alias`` in a fresh interpreter, by dbfleet's worker.
+
+    The worker is Django's migrate without the rendering it wastes on migrations
+    routed elsewhere; ``progress`` adds its ``dbfleet-progress`` lines (see
+    ``dbfleet.migrating.worker``).
+    """
+    command = [sys.executable, "-m", "dbfleet.migrating.worker", "--database", alias, "--noinput"]
     command += ["--verbosity", str(verbosity)]
-    return command + ["--fake"] * fake + ["--skip-checks"] * skip_checks
+    command += ["--fake"] * fake + ["--fake-initial"] * fake_initial
+    return command + ["--skip-checks"] * skip_checks + ["--progress"] * progress
 
 
 def worker_environment() -> dict[str, str]:
@@ -149,6 +164,7 @@ def migrate_all(
     applied_before: dict[str, int] = {}
     work: dict[str, list[Migration]] = {}
     graph: MigrationGraph | None = None
+    states: dict[Any, Any] = {}  # The rendered states up-to-date databases share.
     for alias in aliases:
         outcome = outcomes[alias] = Outcome(alias, connections[alias].vendor, Result.WAITING)
         try:
@@ -165,6 +181,13 @@ def migrate_all(
             work[alias] = pending
         else:
             outcome.result = Result.UP_TO_DATE
+            try:
+                # pre_migrate and post_migrate, as `migrate --database` sends them here too.
+                outcome.output = migrate_up_to_date(alias, verbosity=verbosity, states=states)
+            except Exception as error:  # noqa: BLE001  (a receiver's; fails this database only)
+                outcome.result, outcome.error = Result.FAILED, first_line(error)
+            finally:
+                connections[alias].close()
             report(outcome, [])
     waits = cross_database_waits(work, graph) if graph is not None else {}
 
