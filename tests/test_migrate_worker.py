@@ -427,9 +427,27 @@ def test_unvetted_django_runs_its_migrate_unchanged(monkeypatch: Any) -> None:
 
 def test_worker_command() -> None:
     command = worker_command(
-        "books", fake=True, verbosity=2, skip_checks=True, fake_initial=True, progress=True
+        "books",
+        fake=True,
+        verbosity=2,
+        skip_checks=True,
+        fake_initial=True,
+        progress=True,
+        checked=True,
     )
     assert command == [
         sys.executable, "-m", "dbfleet.migrating.worker", "--database", "books", "--noinput",
-        "--verbosity", "2", "--fake", "--fake-initial", "--skip-checks", "--progress",
+        "--verbosity", "2", "--fake", "--fake-initial", "--skip-checks",
+        "--database-checks-only", "--internals-vetted", "--progress",
     ]  # fmt: skip
+    plain = worker_command("books", fake=False, verbosity=1, skip_checks=False)
+    assert "--database-checks-only" not in plain
+    assert "--progress" not in plain
+
+
+def test_database_checks_only() -> None:
+    worker = worker_class(migrate.Command)()
+    options = {"database": "books", "database_checks_only": False}
+    assert worker.get_check_kwargs(options) == {"databases": ["books"]}
+    options["database_checks_only"] = True
+    assert worker.get_check_kwargs(options) == {"databases": ["books"], "tags": ["database"]}

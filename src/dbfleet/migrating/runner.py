@@ -20,6 +20,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.graph import MigrationGraph
 from django.db.migrations.recorder import MigrationRecorder
 
+from dbfleet.migrating import internals
 from dbfleet.migrating.plan import first_line, runs_on
 from dbfleet.migrating.worker import migrate_up_to_date
 
@@ -71,17 +72,22 @@ def worker_command(
     skip_checks: bool,
     fake_initial: bool = False,
     progress: bool = False,
+    checked: bool = False,
 ) -> list[str]:
     """``migrate --database alias`` in a fresh interpreter, by dbfleet's worker.
 
     The worker is Django's migrate without the rendering it wastes on migrations
     routed elsewhere; ``progress`` adds its ``dbfleet-progress`` lines (see
-    ``dbfleet.migrating.worker``).
+    ``dbfleet.migrating.worker``); ``checked`` (this process ran the system checks
+    and they passed) leaves it only the database checks.
     """
     command = [sys.executable, "-m", "dbfleet.migrating.worker", "--database", alias, "--noinput"]
     command += ["--verbosity", str(verbosity)]
     command += ["--fake"] * fake + ["--fake-initial"] * fake_initial
-    return command + ["--skip-checks"] * skip_checks + ["--progress"] * progress
+    command += ["--skip-checks"] * skip_checks + ["--database-checks-only"] * checked
+    # Read once here rather than in every worker (the same Django runs both).
+    command += ["--internals-vetted"] * (not internals.changed())
+    return command + ["--progress"] * progress
 
 
 def worker_environment() -> dict[str, str]:
