@@ -35,21 +35,28 @@ class Project:
     blocker: Any
     prefix: str
 
-    def fleet(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        """Run ``fleet *args`` in a subprocess; ``env`` sets DBFLEET_FLEET_* variables."""
-        environment = {
+    def environment(self, **env: str) -> dict[str, str]:
+        """The environment of a ``python -m django`` run; ``env`` sets DBFLEET_FLEET_* variables."""
+        return {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.fleet_settings",
             "DBFLEET_FLEET_DIR": str(self.directory),
             "DBFLEET_FLEET_PREFIX": self.prefix,
-            # This checkout's dbfleet, not the one the venv has installed.
+            # This tree's dbfleet, whichever one the interpreter has installed.
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "PYTHONWARNINGS": "error::DeprecationWarning",
             **{f"DBFLEET_FLEET_{key.upper()}": value for key, value in env.items()},
         }
+
+    def fleet(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``fleet *args`` in a subprocess; ``env`` sets DBFLEET_FLEET_* variables."""
+        return self.django("fleet", *args, **env)
+
+    def django(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m django *args`` (``migrate``, ``fleet ...``) in a subprocess."""
         return subprocess.run(
-            [sys.executable, "-m", "django", "fleet", *args],
-            env=environment,
+            [sys.executable, "-m", "django", *args],
+            env=self.environment(**env),
             capture_output=True,
             text=True,
             timeout=600,
@@ -114,7 +121,7 @@ def test_migrates_every_database_each_where_routed(
     assert result.returncode == 0, result.stdout + result.stderr
     for alias in ALIASES:
         assert f"running    {alias}" in result.stdout
-    table = result.stdout.split("result\n")[-1]
+    table = result.stdout.split("result\n")[-1].split("\n\n")[0]  # Errors in full follow.
     assert [line.split()[0] for line in table.splitlines()[1:]] == list(ALIASES)
     assert all(line.split()[-1] == "done" for line in table.splitlines()[1:])
 
@@ -211,7 +218,7 @@ def test_failing_migration_leaves_the_others_done(project: Project) -> None:
 def test_fail_fast_cancels_the_rest(project: Project) -> None:
     result = project.fleet("migrate", "--fail-fast", "--jobs", "1", apps="tests.broken=default")
     assert result.returncode == 1
-    table = result.stdout.split("result\n")[-1]
+    table = result.stdout.split("result\n")[-1].split("\n\n")[0]  # Errors in full follow.
     results = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:]}
     assert results["books"] == results["loans"] == "cancelled"
     assert not project.inspect()["books"]["recorded"]

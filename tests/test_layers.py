@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "routing": BASE | {"replicas"},
     "replicas": BASE | {"vendors"},
     "transactions": BASE | {"vendors", "routing", "replicas"},
-    "migrating": BASE | {"routing"},
+    "migrating": BASE | {"routing", "vendors"},
     "checks": None,
     "testing": BASE | {"replicas"},
     "admin_transactions": BASE | {"transactions", "routing"},

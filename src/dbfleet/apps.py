@@ -1,7 +1,10 @@
+import os
+
 from django.apps import AppConfig, apps
 from django.core.signals import request_finished, request_started
 from django.db import connections
 from django.db.backends.signals import connection_created
+from django.db.models.signals import pre_migrate
 
 
 class DbfleetConfig(AppConfig):
@@ -10,12 +13,21 @@ class DbfleetConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # A `fleet migrate` worker: it ends with its parent. Removed from the
+        # environment, so that a process the worker starts is not taken for one.
+        if parent := os.environ.pop("DBFLEET_WORKER_PARENT", ""):
+            from dbfleet.migrating.runner import die_with_parent
+
+            die_with_parent(int(parent))
         from dbfleet import checks  # noqa: F401  (registers the system checks)
         from dbfleet.conf import fleet_settings
+        from dbfleet.migrating.lock import lock_before_migrate
         from dbfleet.replicas.guard import install_wrappers
         from dbfleet.replicas.scopes import end_implicit_scope
         from dbfleet.transactions.guard import install_write_guard
 
+        # One migrator per database: every migrate takes the database's lock first.
+        pre_migrate.connect(lock_before_migrate, dispatch_uid="dbfleet.migration_lock")
         connection_created.connect(install_write_guard, dispatch_uid="dbfleet.write_guard")
         connection_created.connect(install_wrappers, dispatch_uid="dbfleet.replicas")
         for signal in (request_started, request_finished):

@@ -176,3 +176,23 @@ class Vendor:
     def position_key(position: str) -> dict[str, int]:
         """A position as comparable numbers (every key must be reached)."""
         raise NotImplementedError
+
+    # --- Session locks (one migrator per database) ------------------------------------------
+
+    @staticmethod
+    def try_session_lock(connection: BaseDatabaseWrapper, name: str) -> bool:
+        """Take the lock ``name`` on this database if no other session holds it; never wait.
+
+        Held until ``release_session_lock`` or the end of the session. An engine
+        without such locks takes none and says it got it.
+        """
+        return True
+
+    @staticmethod
+    def release_session_lock(connection: BaseDatabaseWrapper, name: str) -> None:
+        """Release the lock ``name`` taken by ``try_session_lock`` (none if the session ended)."""
+
+    @staticmethod
+    def session_lock_holder(connection: BaseDatabaseWrapper, name: str) -> str | None:
+        """Who holds the lock ``name``, and how to end that session if stuck; None: unknown."""
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from typing import Any
 
@@ -26,6 +27,15 @@ def _xid(connection: BaseDatabaseWrapper, xid: str) -> tuple[str, str, int]:
     # database's name in the branch qualifier tells this one's apart, and the
     # alias two aliases of one database.
     return (xid, f"{_branch(connection)}@{connection.alias}"[:64], XA_FORMAT)
+
+
+def _lock_name(connection: BaseDatabaseWrapper, name: str) -> str:
+    # GET_LOCK names are the server's, whatever the database: the database's name
+    # makes them one per database. At most 64 characters, so a long name is hashed.
+    full = f"{name}.{_branch(connection)}"
+    if len(full) <= 64:
+        return full
+    return f"{name}.{hashlib.sha256(full.encode()).hexdigest()}"[:64]
 
 
 def is_mariadb(connection: BaseDatabaseWrapper) -> bool:
@@ -140,3 +150,38 @@ class MySQL(Vendor):
             domain = domain.partition("-")[0]
             found[domain] = max(found.get(domain, 0), int(sequence))
         return found
+
+    @staticmethod
+    def try_session_lock(connection: BaseDatabaseWrapper, name: str) -> bool:
+        # 1: taken; 0: another session holds it (a timeout of 0 waits for nothing).
+        taken = query(connection, "SELECT GET_LOCK(%s, 0)", (_lock_name(connection, name),))
+        return bool(taken[0][0] == 1)
+
+    @staticmethod
+    def release_session_lock(connection: BaseDatabaseWrapper, name: str) -> None:
+        if connection.connection is None:
+            return  # The session has ended, and its locks with it.
+        query(connection, "SELECT RELEASE_LOCK(%s)", (_lock_name(connection, name),))
+
+    @staticmethod
+    def session_lock_holder(connection: BaseDatabaseWrapper, name: str) -> str | None:
+        lock = _lock_name(connection, name)
+        holder = query(connection, "SELECT IS_USED_LOCK(%s)", (lock,))[0][0]
+        if holder is None:
+            return None
+        engine = "MariaDB" if is_mariadb(connection) else "MySQL"
+        rows = query(
+            connection,
+            "SELECT USER, HOST, COMMAND, TIME, STATE, LEFT(INFO, 80) "
+            "FROM information_schema.PROCESSLIST WHERE ID = %s",
+            (holder,),
+        )
+        details = ""
+        if rows:
+            user, host, command, seconds, state, current = rows[0]
+            details = f" (user {user}@{host}, {command} for {seconds} s"
+            details += (f", {state}" if state else "") + (f": {current})" if current else ")")
+        return (
+            f"{engine} connection id {holder}{details}; if that connection is stuck or its "
+            f"process is gone, end it: KILL {holder}"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from typing import Any
 
@@ -29,6 +30,13 @@ def _gid(xid: str, connection: BaseDatabaseWrapper) -> str:
     # Global ids are unique per server, and two databases of one server may
     # take part: the alias keeps them apart.
     return f"{xid}:{connection.alias}"
+
+
+def _lock_key(name: str) -> int:
+    # pg_advisory_lock takes one bigint: the first 8 bytes of the name's SHA-256.
+    # Advisory locks belong to the database they are taken in, so the key need
+    # not name the database.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
@@ -155,3 +163,41 @@ class PostgreSQL(Vendor):
     def position_key(position: str) -> dict[str, int]:
         high, _, low = position.partition("/")
         return {"": int(high, 16) << 32 | int(low, 16)}
+
+    @staticmethod
+    def try_session_lock(connection: BaseDatabaseWrapper, name: str) -> bool:
+        return bool(query(connection, "SELECT pg_try_advisory_lock(%s)", (_lock_key(name),))[0][0])
+
+    @staticmethod
+    def release_session_lock(connection: BaseDatabaseWrapper, name: str) -> None:
+        if connection.connection is None:
+            return  # The session has ended, and its locks with it.
+        query(connection, "SELECT pg_advisory_unlock(%s)", (_lock_key(name),))
+
+    @staticmethod
+    def session_lock_holder(connection: BaseDatabaseWrapper, name: str) -> str | None:
+        key = _lock_key(name)
+        # A bigint advisory key is stored as classid (high half), objid (low half), objsubid 1.
+        rows = query(
+            connection,
+            "SELECT a.pid, a.application_name, host(a.client_addr), "
+            "to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ'), a.state, "
+            "EXTRACT(EPOCH FROM now() - a.query_start)::int, left(a.query, 80) "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid::bigint = %s AND l.objid::bigint = %s",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+        )
+        if not rows:
+            return None
+        pid, application, client, since, state, seconds, current = rows[0]
+        details = [f"application {application!r}"] if application else []
+        details.append(f"client {client or 'local socket'}")
+        details.append(f"connected since {since}")
+        if state:
+            details.append(f"{state} for {seconds} s: {current}" if current else state)
+        return (
+            f"PostgreSQL session pid {pid} ({', '.join(details)}); if that session is stuck "
+            f"or its process is gone, end it: SELECT pg_terminate_backend({pid})"
+        )

@@ -1,10 +1,40 @@
-"""SQLite: no prepared transactions, no replication."""
+"""SQLite: no prepared transactions, no replication; session locks are lock files."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import datetime
+import os
+import shlex
+import socket
+import sys
+from typing import IO, Any
+from weakref import WeakKeyDictionary
+
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from dbfleet.vendors.base import Vendor
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: no flock, and no lock)
+    fcntl = None  # type: ignore[assignment]
+
+#: The open lock file of each connection that holds a session lock.
+_LOCK_FILES: WeakKeyDictionary[BaseDatabaseWrapper, IO[str]] = WeakKeyDictionary()
+
+
+def lock_path(connection: BaseDatabaseWrapper, name: str) -> str:
+    """The lock file of ``name`` for this database: beside it, named after it."""
+    return f"{connection.settings_dict['NAME']}.{name}.lock"
+
+
+def _program() -> str:
+    """How this process was started: ``python -m django``, ``manage.py``."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is not None:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return os.path.basename(sys.argv[0])
 
 
 class SQLite(Vendor):
@@ -14,3 +44,50 @@ class SQLite(Vendor):
     @staticmethod
     def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
         return {**options, "timeout": seconds}  # how long to wait for a lock
+
+    # SQLite's own locks last one transaction, and migrate runs many: two processes
+    # could each plan the same migrations and apply them one after the other. A
+    # file beside the database, locked with flock(), is held by the process for
+    # as long as it wants, and the kernel releases it when that process dies. It
+    # is not SQLite's lock (fcntl byte ranges on the database itself), so neither
+    # waits for the other. The file stays: removing it would let two processes
+    # lock two different files of the same name.
+
+    @staticmethod
+    def try_session_lock(connection: BaseDatabaseWrapper, name: str) -> bool:
+        if fcntl is None or connection.is_in_memory_db():  # type: ignore[attr-defined]
+            return True  # No other process can open an in-memory database.
+        file = open(lock_path(connection, name), "a+")  # noqa: SIM115  (kept open while held)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        # Who holds it, for the next process that finds it taken.
+        file.truncate(0)
+        since = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+        command = " ".join([_program(), shlex.join(sys.argv[1:])])
+        file.write(f"process {os.getpid()} on {socket.gethostname()} ({command}), since {since}")
+        file.flush()
+        _LOCK_FILES[connection] = file
+        return True
+
+    @staticmethod
+    def release_session_lock(connection: BaseDatabaseWrapper, name: str) -> None:
+        file = _LOCK_FILES.pop(connection, None)
+        if file is not None:
+            fcntl.flock(file, fcntl.LOCK_UN)
+            file.close()
+
+    @staticmethod
+    def session_lock_holder(connection: BaseDatabaseWrapper, name: str) -> str | None:
+        path = lock_path(connection, name)
+        with contextlib.suppress(OSError), open(path) as file:
+            holder = file.read().strip()
+            if holder:
+                pid = holder.split()[1]
+                return (
+                    f"{holder}, through the lock file {path}; the lock ends with that "
+                    f"process: if it is stuck, stop it (kill {pid})"
+                )
+        return None

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from dbfleet.management.fleet import migrate, plan, recover, routes, status
-from dbfleet.management.fleet.output import Out
+from dbfleet.management.fleet.output import Out, add_django_options
 
 SUBCOMMANDS = {module.NAME: module for module in (routes, migrate, plan, status, recover)}
 
@@ -33,9 +33,11 @@ class Command(BaseCommand):
             metavar="{" + ",".join(SUBCOMMANDS) + "}",
         )
         for name, module in SUBCOMMANDS.items():
-            module.add_arguments(
-                subcommands.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
+            subparser = subcommands.add_parser(
+                name, help=module.HELP, description=module.DESCRIPTION
             )
+            module.add_arguments(subparser)
+            add_django_options(subparser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         color = options["force_color"] or (self.stdout.isatty() and not options["no_color"])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import IO, Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.management.color import Style
@@ -77,6 +79,15 @@ class Out:
     def style(self) -> Style:
         return self.command.style
 
+    @property
+    def stream(self) -> IO[str]:
+        """The file under the command's stdout, for output that draws (a live display)."""
+        stream: IO[str] = getattr(self.command.stdout, "_out", sys.stdout)
+        return stream
+
+    def isatty(self) -> bool:
+        return self.command.stdout.isatty()
+
     def write(self, text: str = "") -> None:
         self.command.stdout.write(text)
 
@@ -100,6 +111,28 @@ def add_verbosity_option(parser: CommandParser) -> None:
         default=argparse.SUPPRESS,
         help="Verbosity level; 0=minimal output, 1=normal output, 2=verbose output.",
     )
+
+
+def add_django_options(parser: CommandParser) -> None:
+    """Django's options of every command, accepted after the subcommand as before it.
+
+    ``default=SUPPRESS``: a value given before the subcommand is not reset by the
+    subcommand's parser. ``--settings`` and ``--pythonpath`` are applied by
+    ``manage.py`` wherever they are; here they only need to be accepted.
+    Options a subcommand defines itself are left as it made them.
+    """
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("--settings",), {"help": "A settings module (else DJANGO_SETTINGS_MODULE)."}),
+        (("--pythonpath",), {"help": 'A directory to add to the import path, "/home/project".'}),
+        (("--traceback",), {"action": "store_true", "help": "Show a traceback on errors."}),
+        (("--no-color",), {"action": "store_true", "help": "Don't colorize the output."}),
+        (("--force-color",), {"action": "store_true", "help": "Colorize the output always."}),
+    ]
+    for flags, settings in options:
+        with contextlib.suppress(argparse.ArgumentError):  # The subcommand has it.
+            parser.add_argument(*flags, default=argparse.SUPPRESS, **settings)
+    with contextlib.suppress(argparse.ArgumentError):
+        add_verbosity_option(parser)
 
 
 def add_format_option(parser: CommandParser) -> None:
