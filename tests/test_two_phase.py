@@ -279,7 +279,9 @@ def test_a_lost_commit_is_in_doubt_until_recover_commits_it(money: None, on_step
     assert (prepared.alias, prepared.transaction_id) == ("books", caught.value.transaction_id)
 
     out = StringIO()
-    call_command("fleet", "status", stdout=out)
+    with pytest.raises(CommandError) as failed:  # Not in order: exit code 4, in doubt.
+        call_command("fleet", "status", stdout=out)
+    assert failed.value.returncode == 4
     assert "books: " in out.getvalue() and "1 in doubt: run `fleet recover`" in out.getvalue()
 
     out = StringIO()
