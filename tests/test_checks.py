@@ -449,6 +449,18 @@ def test_w008_database_with_unapplied_migrations() -> None:
     assert "dbfleet.W008" in stderr.getvalue() and "manage.py fleet migrate" in stderr.getvalue()
 
 
+@override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.pending"})
+@pytest.mark.django_db(databases="__all__")
+def test_w008_silent_inside_migrate() -> None:
+    """``migrate --database books`` checks the database it is about to migrate: no W008 there."""
+    stdout, stderr = StringIO(), StringIO()
+    call_command(
+        "migrate", "--database", "books", "--plan", skip_checks=False, stdout=stdout, stderr=stderr
+    )
+    assert "library.0003_note" in stdout.getvalue()
+    assert "dbfleet.W008" not in stderr.getvalue()
+
+
 @pytest.mark.django_db(databases="__all__")
 def test_w008_silent_when_every_database_is_migrated() -> None:
     found = run_checks(databases=list(DATABASES), tags=["database"])

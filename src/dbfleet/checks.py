@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.management.commands import migrate
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.utils import load_backend
@@ -366,6 +368,19 @@ def check_replicas_replicate(
     return found
 
 
+def inside_migrate() -> bool:
+    """Whether the checks run inside Django's ``migrate`` (or a subclass, as dbfleet's worker).
+
+    The check framework is not told which command runs it, so look up the stack.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), migrate.Command):
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 @register(Tags.database)
 def check_unapplied_migrations(
     app_configs: Sequence[Any] | None = None,
@@ -377,9 +392,10 @@ def check_unapplied_migrations(
     Plain ``manage.py migrate`` migrates one database and ``runserver`` only
     looks at ``default``; this names every database left behind. It reads one
     table per database, on a probe connection: a server that is down costs at
-    most ``PROBE_TIMEOUT``.
+    most ``PROBE_TIMEOUT``. Django's ``migrate`` runs the database checks of
+    the database it is about to migrate: there, both would only be noise.
     """
-    if databases is None:
+    if databases is None or inside_migrate():
         return []
     migratable = set(migratable_databases())
     chosen = [alias for alias in databases if alias in migratable]

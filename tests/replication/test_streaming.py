@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
@@ -193,7 +194,7 @@ def test_a_replica_stopped_under_an_open_connection(clusters: Any) -> None:
             # caller's cursor, and the replica is skipped from now on.
             assert found("Ada") == (True, ["default"])
             assert found("Ada") == (True, ["default"])
-            assert f"{REPLICA} (replica of 'default'): unreachable" in fleet_status()
+            assert f"{REPLICA} (replica of 'default'): unreachable" in fleet_status(exit=6)
         finally:
             replica.start("max_prepared_transactions=8")
         wait_for_replay()
@@ -223,9 +224,15 @@ def test_a_replica_stopped_between_requests(clusters: Any) -> None:
         assert found("Ada") == (True, [REPLICA])
 
 
-def fleet_status() -> str:
+def fleet_status(exit: int = 0) -> str:
+    """``fleet status``'s table; it exits ``exit`` (6: a database is unreachable)."""
     output = StringIO()
-    call_command("fleet", "status", stdout=output)
+    try:
+        call_command("fleet", "status", stdout=output)
+    except CommandError as error:
+        assert error.returncode == exit, error
+    else:
+        assert exit == 0, "fleet status exited 0"
     return output.getvalue()
 
 
