@@ -251,32 +251,107 @@ def servers_required() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("DBFLEET_TEST_SERVERS") == "require"
 
 
-def test_run(
-    installed: Venv, name: str, configurations: tuple[str, ...], pytest_args: list[str]
-) -> list[str]:
-    """Run the suite once per database configuration; return those that failed."""
-    failed = []
-    for configuration in configurations:
-        title = f"Tests ({name}, databases: {configuration})"
-        if configuration in MYSQL_CONFIGURATIONS and not installed.mysqlclient:
+@dataclass(frozen=True)
+class Suite:
+    """One run of the suite: a Django version's venv on one database configuration."""
+
+    installed: Venv
+    django: str
+    configuration: str
+    pytest_args: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.django}-{self.configuration}"
+
+    @property
+    def title(self) -> str:
+        return f"Tests ({self.django}, databases: {self.configuration})"
+
+
+def suites(
+    installed: Venv, django: str, configurations: tuple[str, ...], pytest_args: list[str]
+) -> list[Suite]:
+    return [
+        Suite(installed, django, configuration, tuple(pytest_args))
+        for configuration in configurations
+    ]
+
+
+def test_jobs() -> int:
+    """How many suites run at once: ``DBFLEET_TEST_JOBS``, else one per core, at most 2."""
+    jobs = os.environ.get("DBFLEET_TEST_JOBS", "")
+    if jobs:
+        if not jobs.isdigit() or int(jobs) < 1:
+            sys.exit(f"DBFLEET_TEST_JOBS must be a whole number >= 1, not {jobs!r}")
+        return int(jobs)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_suites(planned: list[Suite], jobs: int) -> list[str]:
+    """Run the suites, ``jobs`` at a time; return the names of those that failed.
+
+    Each writes to ``.reports/NAME.log``, printed whole once it ends, and has its
+    own database names (``DBFLEET_TEST_PREFIX`` + its name), so that suites
+    running together never share a database.
+    """
+    failed: list[str] = []
+    waiting: list[Suite] = []
+    for suite in planned:
+        if suite.configuration in MYSQL_CONFIGURATIONS and not suite.installed.mysqlclient:
             # Django would stop at start-up with a traceback (no MySQLdb): say it in one line.
             why = f"mysqlclient (the MariaDB driver) is not installed; {MYSQL_INSTALL}"
             if servers_required():
-                say(f"{title}: FAILED: {why}, then run this again")
-                failed.append(f"{name}-{configuration}")
+                say(f"{suite.title}: FAILED: {why}, then run this again")
+                failed.append(suite.name)
             else:
-                say(f"{title}: skipped: {why}; DBFLEET_TEST_SERVERS=require fails instead")
-            continue
-        say(title)
-        env = {**os.environ, "DBFLEET_TEST_DATABASES": configuration}
-        report = REPORTS / f"{name}-{configuration}.xml"
-        code = run(
-            installed.python, "-m", "coverage", "run", "-m", "pytest", f"--junitxml={report}",
-            *pytest_args, env=env, check=False, deadline=CONFIGURATION_DEADLINE,
-        )  # fmt: skip
-        # 5: every test was deselected (say, -k matched nothing in this configuration).
-        if code not in (0, 5):
-            failed.append(f"{name}-{configuration}")
+                say(f"{suite.title}: skipped: {why}; DBFLEET_TEST_SERVERS=require fails instead")
+        else:
+            waiting.append(suite)
+    say(f"Running {len(waiting)} suites, {jobs} at a time: {', '.join(s.name for s in waiting)}")
+    prefix = os.environ.get("DBFLEET_TEST_PREFIX", "dbfleet")
+    running: dict[Suite, tuple[subprocess.Popen[bytes], float, Any]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                suite = waiting.pop(0)
+                env = {
+                    **os.environ,
+                    "DBFLEET_TEST_DATABASES": suite.configuration,
+                    "DBFLEET_TEST_PREFIX": f"{prefix}_{suite.name.replace('-', '_')}",
+                }
+                log = (REPORTS / f"{suite.name}.log").open("wb")
+                command = [
+                    suite.installed.python, "-m", "coverage", "run", "-m", "pytest",
+                    f"--junitxml={REPORTS / f'{suite.name}.xml'}", *suite.pytest_args,
+                ]  # fmt: skip
+                process = subprocess.Popen(
+                    [str(part) for part in command],
+                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                running[suite] = (process, time.monotonic(), log)
+            time.sleep(0.2)
+            for suite, (process, started, log) in list(running.items()):
+                code = process.poll()
+                seconds = time.monotonic() - started
+                if code is None and seconds > CONFIGURATION_DEADLINE:
+                    say(f"{suite.title}: still running after {seconds:.0f} s: stopping it")
+                    code = stop(process)
+                if code is None:
+                    continue
+                del running[suite]
+                log.close()
+                say(f"{suite.title}: {'passed' if code in (0, 5) else 'FAILED'} in {seconds:.0f} s")
+                sys.stdout.write((REPORTS / f"{suite.name}.log").read_text(errors="replace"))
+                sys.stdout.flush()
+                # 5: every test was deselected (say, -k matched nothing in this configuration).
+                if code not in (0, 5):
+                    failed.append(suite.name)
+    finally:
+        for process, _, log in running.values():  # Ctrl-C, or an error here: leave none behind.
+            stop(process)
+            log.close()
     return failed
 
 
@@ -323,19 +398,20 @@ def test(args: argparse.Namespace) -> None:
     shutil.rmtree(REPORTS, ignore_errors=True)
     REPORTS.mkdir()
     run(installed.python, "-m", "coverage", "erase")
-    failed = test_run(installed, "django52", CONFIGURATIONS, args.pytest_args)
+    planned = suites(installed, "django52", CONFIGURATIONS, args.pytest_args)
     for other in [] if args.quick else other_pythons():
         installed6 = ensure_venv(
             other, ROOT / ".venv-django6", REQUIREMENTS / "django6.txt", mysql=True
         )
-        # "mixed" puts all three engines in one project; "sqlite" needs no server.
-        # The crash tests (two minutes of killed processes) ran once already.
-        failed += test_run(
-            installed6,
-            "django6",
-            ("sqlite", "mixed"),
-            ["--ignore=tests/test_crash.py", *args.pytest_args],
+        # "mixed" puts all three engines in one project. The crash tests (a minute of
+        # killed processes) ran once already.
+        planned += suites(
+            installed6, "django6", ("mixed",), ["--ignore=tests/test_crash.py", *args.pytest_args]
         )
+    # The longest first, so that the last to start is a short one.
+    order = ("mixed", "postgres", "mysql", "sqlite", "replication")
+    planned.sort(key=lambda suite: order.index(suite.configuration))
+    failed = run_suites(planned, test_jobs())
 
     if not args.pytest_args:  # Not when only some tests were asked for.
         # Every benchmark in its quick mode, its targets not judged: a smoke test, so that

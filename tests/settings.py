@@ -70,7 +70,7 @@ if CONFIGURATION == "replication":
     REPLICA = "replica1"
     DATABASES[REPLICA] = {
         **DATABASES["default"],
-        "NAME": "test_dbfleet_default",
+        "NAME": f"test_{PREFIX}_default",
         "PORT": STREAMING_PORTS[1],
         "TEST": {"MIRROR": "default"},
     }
