@@ -1,10 +1,15 @@
-"""migrate: `fleet migrate` on 8 PostgreSQL databases against `migrate --database` on each.
+"""migrate: `fleet migrate` on 8 PostgreSQL databases against the ways to run Django's migrate.
 
 The benchmark writes a Django project into a temporary directory: 8 apps, each
 with 60 migrations and routed to its own database by ``dbfleet.Router``, and
-Django's contrib apps on ``default``. Every timed run starts subprocesses, as a
-person at a shell would: ``python -m django fleet migrate`` against a loop of
-``python -m django migrate --database ALIAS``, one database after another.
+Django's contrib apps on ``default``. Every timed run starts from a shell, as a
+person would: ``python -m django fleet migrate`` against three baselines:
+
+- one Python process calling ``call_command("migrate", database=ALIAS)`` for
+  each database in turn (one interpreter start, Django set up once);
+- the shell recipe, ``python -m django migrate --database ALIAS &`` for every
+  database, then ``wait`` (all at once);
+- a loop of ``python -m django migrate --database ALIAS``, one after another.
 """
 
 from __future__ import annotations
@@ -55,7 +60,20 @@ CONTRIB_TABLES = frozenset(
 #: dbfleet's own app: the two-phase decision log, on ``DEFAULT_DATABASE`` like the contrib apps.
 DBFLEET_TABLES = frozenset({"dbfleet_decision"})
 FLEET = "fleet migrate"
+IN_PROCESS = "call_command loop, one process"
+BACKGROUND = "migrate --database X &, then wait"
 SEQUENTIAL = "migrate --database, one by one"
+#: The in-process baseline: Django set up once, then Django's migrate on each database.
+IN_PROCESS_SCRIPT = """\
+import sys
+
+import django
+from django.core.management import call_command
+
+django.setup()
+for alias in sys.argv[1:]:
+    call_command("migrate", database=alias, verbosity=0, interactive=False)
+"""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Linux: the CPU accounting reads /proc (elsewhere the report leaves it out).
 HAS_PROC = Path("/proc/stat").exists()
@@ -425,19 +443,32 @@ class Project:
 
     def django(self, name: str, *arguments: str) -> None:
         """``python -m django NAME ARGUMENTS`` in a new interpreter; raise if it fails."""
+        self.wait(self.start(self.django_command(name, *arguments)))
+
+    @staticmethod
+    def django_command(name: str, *arguments: str) -> list[str]:
         # --verbosity goes before any subcommand: `fleet migrate` has its own parser.
-        command = [sys.executable, "-m", "django", name, "--verbosity", VERBOSITY, *arguments]
-        finished = subprocess.run(
+        return [sys.executable, "-m", "django", name, "--verbosity", VERBOSITY, *arguments]
+
+    def start(self, command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             command,
             env=self.environment(),
             cwd=self.directory,
-            capture_output=True,
             stdin=subprocess.DEVNULL,
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        if finished.returncode or finished.stdout.strip() or finished.stderr.strip():
-            output = (finished.stdout + finished.stderr).decode(errors="replace")
-            raise RuntimeError(f"{' '.join(command[1:])} exited {finished.returncode}:\n{output}")
+
+    @staticmethod
+    def wait(process: subprocess.Popen[bytes]) -> None:
+        """Wait for ``process``; raise if it failed or printed anything."""
+        output, _ = process.communicate(timeout=600)
+        if process.returncode or output.strip():
+            command = " ".join(str(part) for part in list(process.args)[1:])  # type: ignore[arg-type]
+            raise RuntimeError(
+                f"{command} exited {process.returncode}:\n{output.decode(errors='replace')}"
+            )
 
     def fleet_migrate(self) -> None:
         self.django("fleet", "migrate", "--noinput")
@@ -446,6 +477,19 @@ class Project:
         """What a shell loop does: ``for alias in ...; do python -m django migrate ...; done``."""
         for alias in self.aliases:
             self.django("migrate", "--database", alias, "--noinput")
+
+    def migrate_in_background(self) -> None:
+        """``for alias in ...; do python -m django migrate --database $alias & done; wait``."""
+        started = [
+            self.start(self.django_command("migrate", "--database", alias, "--noinput"))
+            for alias in self.aliases
+        ]
+        for process in started:
+            self.wait(process)
+
+    def migrate_in_process(self) -> None:
+        """One interpreter: ``call_command("migrate", database=alias)`` for each in turn."""
+        self.wait(self.start([sys.executable, "-c", IN_PROCESS_SCRIPT, *self.aliases]))
 
 
 # CPU accounting -------------------------------------------------------------------
@@ -563,6 +607,8 @@ class Runs:
 
         return [
             case(FLEET, self.project.fleet_migrate),
+            case(IN_PROCESS, self.project.migrate_in_process),
+            case(BACKGROUND, self.project.migrate_in_background),
             case(SEQUENTIAL, self.project.migrate_each),
         ]
 
@@ -624,7 +670,11 @@ def run(quick: bool) -> bool:
         unit=SECONDS,
         # With a few migrations an app, starting interpreters is most of the work and
         # the ratio says little about a real project: the target is for the full run.
-        ratios=[Ratio(FLEET, SEQUENTIAL, at_most=None if quick else 0.6)],
+        ratios=[
+            Ratio(FLEET, IN_PROCESS, at_most=None if quick else 0.5),
+            Ratio(FLEET, BACKGROUND, at_most=None if quick else 0.6),
+            Ratio(FLEET, SEQUENTIAL),
+        ],
         note=Group(
             *cpu_tables(full_runs),
             *(["--quick: a smaller project; the targets are for the full run only."] * quick),
@@ -634,7 +684,11 @@ def run(quick: bool) -> bool:
         f"Nothing to apply: the same commands again on the {databases} migrated databases",
         noop,
         unit=SECONDS,
-        ratios=[Ratio(FLEET, SEQUENTIAL, at_most=None if quick else 0.25)],
+        ratios=[
+            Ratio(FLEET, SEQUENTIAL, at_most=None if quick else 0.25),
+            Ratio(FLEET, IN_PROCESS),
+            Ratio(FLEET, BACKGROUND),
+        ],
         note=Group(
             *cpu_tables(noop_runs),
             f"{FLEET!r} ran up to {os.cpu_count()} workers at once (its --jobs default, the "
