@@ -335,6 +335,29 @@ def test_columns_that_disagree_with_the_records() -> None:
     assert result.fixes == []
 
 
+@pytest.mark.skipif(
+    ENGINES["books"] == "mysql",
+    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
+)
+@pytest.mark.django_db(databases="__all__")
+def test_a_column_dropped_by_hand_is_missing_and_its_migration_named() -> None:
+    with connections["books"].cursor() as cursor:
+        cursor.execute("ALTER TABLE library_book DROP COLUMN content")
+    result = status()
+    (item,) = result.audit
+    assert (item.kind, item.table, item.column) == (
+        Drift.MISSING_COLUMN, "library_book", "content"
+    )  # fmt: skip
+    assert item.problem == (
+        "column `library_book.content` is missing, but `library.0001_initial`, which adds it, "
+        "is recorded: it was dropped by hand, or by a RunSQL without state_operations."
+    )
+    assert [fix.commands for fix in result.fixes] == [
+        ("manage.py sqlmigrate library 0001_initial --database books",)
+    ]
+    assert "library_book.content" in result.fixes[0].note
+
+
 @pytest.mark.django_db(databases="__all__")
 def test_a_routes_typo_is_shown_first_and_nothing_is_audited() -> None:
     # "library.Bok" is left out (E006), so Book would be unrouted: its real table in

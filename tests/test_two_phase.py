@@ -730,3 +730,49 @@ def test_recover_dry_run_says_what_it_would_do_and_does_nothing(money: None, on_
     assert "would commit" in out.getvalue() and "decision: commit" in out.getvalue()
     assert len(find_in_doubt()[0]) == 1
     assert balances() == (98, 100)
+
+
+@needs["default"]
+@needs["books"]
+@prepares
+def test_a_database_that_cannot_begin_rolls_back_the_others(
+    money: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'books' is down when the block starts: 'default', already begun, is rolled back."""
+    connections["books"].close()
+    monkeypatch.setitem(connections["books"].settings_dict, "PORT", 1)  # Refused at once.
+    with pytest.raises(OperationalError), dbfleet.atomic(Account, Vault, two_phase=True):
+        pytest.fail("the block ran without 'books'")
+    assert not connections["default"].in_atomic_block
+    assert connections["default"].get_autocommit()
+    monkeypatch.undo()
+    connections["books"].close()
+    transfer(5)  # Both usable again.
+    assert balances() == (95, 105)
+    assert nothing_in_doubt()
+
+
+@needs["books"]
+@needs["loans"]
+@prepares
+def test_a_decision_log_that_cannot_be_reached_leaves_the_transaction_in_doubt(
+    on_step: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'default' (the log) goes down as the decision is recorded: nobody can tell it."""
+
+    def lose_the_log(alias: str | None) -> None:
+        connections["default"].close()
+        monkeypatch.setitem(connections["default"].settings_dict, "PORT", 1)
+
+    on_step("decide", lose_the_log)
+    with pytest.raises(InDoubtError, match="the decision log cannot be read"):
+        with dbfleet.atomic(Vault, Member, two_phase=True):
+            Vault.objects.create(name="v")
+            Member.objects.create(name="m")
+    monkeypatch.undo()
+    connections["default"].close()
+    found, _ = find_in_doubt()
+    assert found  # Both prepared, and no decision was recorded.
+    recover(grace=0)
+    assert nothing_in_doubt()
+    assert (Vault.objects.count(), Member.objects.count()) == (0, 0)
