@@ -10,6 +10,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from dbfleet.migrating import lock
+from dbfleet.migrating.resume import resume
 from tests.settings import ENGINES
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -63,3 +64,15 @@ def test_the_lock_is_reentrant_and_keeps_out_another_session(
     assert not lock.held(ours)
     lock.acquire(other_session, timeout=0)  # Free now.
     assert lock.held(other_session)
+
+
+def test_resume_looks_only_under_the_lock_and_gives_it_back(
+    other_session: BaseDatabaseWrapper,
+) -> None:
+    lock.acquire(other_session, timeout=0)  # Another migrator is at work on 'default'.
+    with pytest.raises(lock.MigrationLocked) as raised:
+        resume("default", lock_timeout=0)
+    assert raised.value.returncode == lock.LOCKED_EXIT
+    lock.release(other_session)
+    assert resume("default", lock_timeout=0) is None  # Nothing half-applied here.
+    assert not lock.held(connections["default"])

@@ -160,9 +160,13 @@ def lock_before_migrate(
     stdout: Any = None,
     **kwargs: Any,
 ) -> None:
-    """``pre_migrate``: take the lock for the run (sent once per app: the first one takes it)."""
+    """``pre_migrate``: take the lock for the run (sent once per app: the first one takes it).
+
+    A caller that holds the lock already (``fleet migrate --resume``) planned
+    under it, and releases it itself.
+    """
     connection = connections[using]
-    if connection in _by_signal:
+    if connection in _by_signal or held(connection):
         return
     timeout = lock_timeout()
 

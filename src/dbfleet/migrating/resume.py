@@ -17,6 +17,7 @@ from django.db import DatabaseError, connections
 
 from dbfleet.migrating.drift import inspect, state_after
 from dbfleet.migrating.lint import describe
+from dbfleet.migrating.lock import migration_lock
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,20 @@ class ResumeFailed(Exception):
         self.error = error
 
 
-def resume(alias: str, verbosity: int = 0) -> Resumed | None:
+def resume(alias: str, verbosity: int = 0, lock_timeout: float | None = None) -> Resumed | None:
     """Finish the migration that stopped half-way on ``alias``; None if there is none.
 
-    Raises DatabaseError when the database cannot be read, NotResumable, or
-    ResumeFailed when an operation fails.
+    It holds ``alias``'s migration lock from before it looks to after it
+    records, waiting up to ``lock_timeout`` s for it (None: the default).
+    Raises DatabaseError when the database cannot be read, MigrationLocked,
+    NotResumable, or ResumeFailed when an operation fails.
     """
+    connection = connections[alias]
+    with migration_lock(connection, lock_timeout):
+        return _resume(alias, verbosity)
+
+
+def _resume(alias: str, verbosity: int) -> Resumed | None:
     database = inspect(alias)
     half = database.half
     if half is None:

@@ -174,7 +174,7 @@ def migrate(out: Out, *, databases: list[str] | None, verbosity: int, **options:
         return
 
     if options["resume"]:
-        resume.finish_half_applied(out, aliases, verbosity)
+        resume.finish_half_applied(out, aliases, verbosity, options["lock_timeout"])
     jobs = min(options["jobs"], len(aliases))
     if verbosity >= 1:
         out.write(

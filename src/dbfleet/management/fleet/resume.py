@@ -14,11 +14,14 @@ from dbfleet.migrating.plan import first_line
 from dbfleet.migrating.resume import NotResumable, ResumeFailed, resume
 
 
-def finish_half_applied(out: Out, aliases: list[str], verbosity: int) -> None:
-    """Resume the half-applied migration of each database; stop at the first that fails."""
+def finish_half_applied(out: Out, aliases: list[str], verbosity: int, lock_timeout: float) -> None:
+    """Resume the half-applied migration of each database; stop at the first that fails.
+
+    Each under its migration lock, waiting up to ``lock_timeout`` s for it.
+    """
     for alias in aliases:
         try:
-            resumed = resume(alias, verbosity=max(0, verbosity - 1))
+            resumed = resume(alias, verbosity=max(0, verbosity - 1), lock_timeout=lock_timeout)
         except (NotResumable, ResumeFailed) as error:
             raise CommandError(f"{error} Nothing was migrated after it.", returncode=1) from error
         except DatabaseError as error:
