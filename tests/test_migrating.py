@@ -38,6 +38,29 @@ def test_model_operations_follow_their_model() -> None:
     assert reason["default"][1] == reason["books"][1]
 
 
+def test_a_renamed_model_is_routed_by_its_new_name_as_django_does() -> None:
+    # library.Book lives in 'books'; "Tome" is routed nowhere, so to 'default'.
+    assert runs_on("library", migrations.RenameModel("Tome", "Book")) == ["books"]
+    assert runs_on("library", migrations.RenameModel("Book", "Tome")) == ["default"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "aliases"),
+    [(None, ["default"]), ("library.shelf", ["default"]), ("library.Shelf", ["default"]),
+     ("library.Rack", [])],
+)  # fmt: skip
+def test_a_swappable_model_is_swapped_out_as_django_decides(
+    setting: str | None, aliases: list[str]
+) -> None:
+    operation = migrations.CreateModel(
+        "Shelf",
+        [("id", models.AutoField(primary_key=True))],
+        options={"swappable": "LIBRARY_SHELF_MODEL"},
+    )
+    with override_settings(LIBRARY_SHELF_MODEL=setting):
+        assert runs_on("library", operation) == aliases
+
+
 def test_hinted_operations_follow_their_hints() -> None:
     operation = migrations.RunSQL("SELECT 1", hints={"target_db": "books"})
     assert runs_on("library", operation) == ["books"]

@@ -765,10 +765,12 @@ def test_a_decision_log_that_cannot_be_reached_leaves_the_transaction_in_doubt(
         monkeypatch.setitem(connections["default"].settings_dict, "PORT", 1)
 
     on_step("decide", lose_the_log)
-    with pytest.raises(InDoubtError, match="the decision log cannot be read"):
-        with dbfleet.atomic(Vault, Member, two_phase=True):
-            Vault.objects.create(name="v")
-            Member.objects.create(name="m")
+    with (
+        pytest.raises(InDoubtError, match="the decision log cannot be read"),
+        dbfleet.atomic(Vault, Member, two_phase=True),
+    ):
+        Vault.objects.create(name="v")
+        Member.objects.create(name="m")
     monkeypatch.undo()
     connections["default"].close()
     found, _ = find_in_doubt()

@@ -84,12 +84,26 @@ def primary_databases() -> list[str]:
 
 
 def operation_model_name(operation: Operation) -> str | None:
-    """The lowercased model an operation changes, if it changes one."""
-    for attribute in ("model_name_lower", "name_lower", "old_name_lower"):
+    """The lowercased model an operation changes, if it changes one.
+
+    A RenameModel by its new name: Django's asks the routers about the renamed model.
+    """
+    for attribute in ("model_name_lower", "new_name_lower", "name_lower"):
         name = getattr(operation, attribute, None)
         if isinstance(name, str):
             return name
     return None
+
+
+def swapped(setting: str | None, app_label: str, model_name: str) -> bool:
+    """Whether a swappable model is swapped out, as Django's ``Options.swapped`` says.
+
+    Unset, it is not; the model's name in the setting is compared in any case.
+    """
+    if not setting:
+        return False
+    label, _, name = setting.partition(".")
+    return f"{label}.{name.lower()}" != f"{app_label}.{model_name}"
 
 
 def decide(alias: str, app_label: str, operation: Operation) -> tuple[bool, str]:
@@ -112,7 +126,7 @@ def decide(alias: str, app_label: str, operation: Operation) -> tuple[bool, str]
         if options.get("proxy") or options.get("managed") is False:
             return False, "proxy or unmanaged model: no table"
         swappable = options.get("swappable")
-        if swappable and getattr(settings, swappable, None) != f"{app_label}.{operation.name}":  # type: ignore[attr-defined]
+        if swappable and swapped(getattr(settings, swappable, None), app_label, model_name):
             return False, f"swapped out by settings.{swappable}: no table"
         allowed = router.allow_migrate(alias, app_label, model_name=model_name)
         ours, reason = explain_migrate(alias, app_label, model_name)
