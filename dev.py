@@ -39,7 +39,7 @@ MYSQL_INSTALL = "apt-get install libmariadb-dev pkg-config gcc (Debian/Ubuntu)"
 MYSQL_PKG_CONFIG_NAMES = ("mysqlclient", "mariadb", "libmariadb", "perconaserverclient")
 #: One configuration's run of the suite may take this long; then it is stopped (and
 #: fails), so that a hang the per-test timeout cannot break never stalls the whole run.
-CONFIGURATION_DEADLINE = 25 * 60
+CONFIGURATION_DEADLINE = 20 * 60
 
 
 def say(message: str) -> None:
