@@ -319,6 +319,9 @@ def test_effects_out_of_order_are_not_resumed() -> None:
     ]
     with pytest.raises(NotResumable, match="cannot be resumed"):
         resume("books")
+    # fleet migrate --resume stops there, before any worker starts.
+    with pytest.raises(CommandError, match="cannot be resumed.*Nothing was migrated after it"):
+        call_command("fleet", "migrate", "--resume", "--database", "books", stdout=StringIO())
 
 
 @pytest.mark.skipif(

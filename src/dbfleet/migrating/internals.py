@@ -432,6 +432,7 @@ def signal_up_to_date(
     interactive: bool,
     stdout: OutputWrapper,
     states: dict[Any, Any],
+    executor: MigrationExecutor | None = None,
 ) -> bool:
     """What Django's ``migrate`` does on ``alias`` when nothing is pending; False if it can't.
 
@@ -442,7 +443,8 @@ def signal_up_to_date(
     apps' models rendered again, as Django does), and squashed migrations whose
     replaced ones are all recorded are recorded. Databases with the same
     migrations recorded get the same rendered apps: ``states`` keeps them for the
-    run. False (nothing done) when something is pending after all, the migration
+    run; ``executor``, one that just planned ``alias``, saves loading the
+    migrations again. False (nothing done) when something is pending after all, the migration
     graph has conflicts or there is no django_migrations table: then Django's
     ``migrate`` itself must run.
     """
@@ -451,7 +453,8 @@ def signal_up_to_date(
 
     connection = connections[alias]
     connection.prepare_database()
-    executor = MigrationExecutor(connection)
+    if executor is None:
+        executor = MigrationExecutor(connection)
     loader = executor.loader
     loader.check_consistent_history(connection)
     targets = loader.graph.leaf_nodes()

@@ -208,13 +208,13 @@ def _end_at_eof() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def pending_work(alias: str) -> tuple[list[Migration], MigrationGraph, int]:
-    """(pending migrations, graph, applied count) on ``alias``; raises DatabaseError."""
+def pending_work(alias: str) -> tuple[list[Migration], MigrationExecutor]:
+    """(pending migrations, the executor that planned them) on ``alias``; raises DatabaseError."""
     executor = MigrationExecutor(connections[alias])
     plan = [
         migration for migration, _ in executor.migration_plan(executor.loader.graph.leaf_nodes())
     ]
-    return plan, executor.loader.graph, len(executor.loader.applied_migrations)
+    return plan, executor
 
 
 def cross_database_waits(
@@ -321,7 +321,7 @@ def _run(
     states: dict[Any, Any] = {}  # The rendered states up-to-date databases share.
     for alias, outcome in outcomes.items():
         try:
-            pending, graph, applied_before[alias] = pending_work(alias)
+            pending, executor = pending_work(alias)
         except DatabaseError as error:
             outcome.result, outcome.error = Result.FAILED, first_line(error)
             watcher.changed(outcome, [])
@@ -329,6 +329,8 @@ def _run(
         finally:
             # Workers do the work; an idle connection here would only hold locks (SQLite).
             connections[alias].close()
+        graph = executor.loader.graph
+        applied_before[alias] = len(executor.loader.applied_migrations)
         outcome.pending = len(pending)
         if pending:
             work[alias] = pending
@@ -336,7 +338,10 @@ def _run(
             outcome.result = Result.UP_TO_DATE
             try:
                 # pre_migrate and post_migrate, as `migrate --database` sends them here too.
-                outcome.output = migrate_up_to_date(alias, verbosity=verbosity, states=states)
+                # Its executor has read the disk and the records: not again.
+                outcome.output = migrate_up_to_date(
+                    alias, verbosity=verbosity, states=states, executor=executor
+                )
             except Exception as error:  # noqa: BLE001  (a receiver's; fails this database only)
                 outcome.result, outcome.error = Result.FAILED, first_line(error)
             finally:

@@ -58,6 +58,7 @@ from django.core.management.base import (
 )
 from django.core.management.commands import migrate
 from django.db.migrations import Migration
+from django.db.migrations.executor import MigrationExecutor
 from django.db.models.signals import pre_migrate
 from django.utils.module_loading import module_has_submodule
 
@@ -194,7 +195,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def migrate_up_to_date(
-    alias: str, *, verbosity: int, interactive: bool = False, states: dict[Any, Any] | None = None
+    alias: str,
+    *,
+    verbosity: int,
+    interactive: bool = False,
+    states: dict[Any, Any] | None = None,
+    executor: MigrationExecutor | None = None,
 ) -> str:
     """``migrate --database alias`` in this process, checks skipped, for a database with
     nothing to apply; its output. Exceptions propagate.
@@ -202,7 +208,8 @@ def migrate_up_to_date(
     There it checks the history, sends ``pre_migrate`` and ``post_migrate`` and
     records squashed migrations whose replaced ones are all recorded. Pass the same
     ``states`` for every database of a run: databases with the same migrations
-    recorded then share the rendered project state the signals carry.
+    recorded then share the rendered project state the signals carry. An
+    ``executor`` that just planned ``alias`` saves loading the migrations again.
     """
     out = io.StringIO()
     for app_config in apps.get_app_configs():
@@ -215,6 +222,7 @@ def migrate_up_to_date(
         interactive=interactive,
         stdout=OutputWrapper(out),
         states={} if states is None else states,
+        executor=executor,
     )
     if not done:
         call_command(
