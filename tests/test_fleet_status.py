@@ -125,6 +125,13 @@ def project(tmp_path: Path, django_db_blocker: Any) -> Iterator[Project]:
         recreate(engine, f"{prefix}_{alias}", create=False)
 
 
+#: Tests that change the schema by hand inside the test's transaction, which rolls it back.
+ddl_rolls_back = pytest.mark.skipif(
+    ENGINES["books"] == "mysql",
+    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
+)
+
+
 def findings(report: dict[str, Any], **wanted: str) -> list[dict[str, Any]]:
     return [item for item in report["audit"] if all(item[k] == v for k, v in wanted.items())]
 
@@ -278,10 +285,7 @@ def test_an_unhinted_operation_in_a_split_app_is_refused_before_anything_runs(
 # --- In process, on the test databases ----------------------------------------------
 
 
-@pytest.mark.skipif(
-    ENGINES["books"] == "mysql",
-    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
-)
+@ddl_rolls_back
 @override_settings(MIGRATION_MODULES={"library": HALF_APPLIED.partition("=")[2]})
 @pytest.mark.django_db(databases="__all__")
 def test_a_column_without_its_migration_is_found_as_a_half_applied_migration() -> None:
@@ -297,10 +301,7 @@ def test_a_column_without_its_migration_is_found_as_a_half_applied_migration() -
     ]
 
 
-@pytest.mark.skipif(
-    ENGINES["books"] == "mysql",
-    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
-)
+@ddl_rolls_back
 @override_settings(MIGRATION_MODULES={"library": "tests.migration_cases.out_of_order"})
 @pytest.mark.django_db(databases="__all__")
 def test_effects_out_of_order_are_not_resumed() -> None:
@@ -324,10 +325,7 @@ def test_effects_out_of_order_are_not_resumed() -> None:
         call_command("fleet", "migrate", "--resume", "--database", "books", stdout=StringIO())
 
 
-@pytest.mark.skipif(
-    ENGINES["books"] == "mysql",
-    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
-)
+@ddl_rolls_back
 @pytest.mark.django_db(databases="__all__")
 def test_columns_that_disagree_with_the_records() -> None:
     with connections["books"].cursor() as cursor:
@@ -338,10 +336,7 @@ def test_columns_that_disagree_with_the_records() -> None:
     assert result.fixes == []
 
 
-@pytest.mark.skipif(
-    ENGINES["books"] == "mysql",
-    reason="MariaDB commits the ALTER TABLE: not in a test's transaction",
-)
+@ddl_rolls_back
 @pytest.mark.django_db(databases="__all__")
 def test_a_column_dropped_by_hand_is_missing_and_its_migration_named() -> None:
     with connections["books"].cursor() as cursor:
