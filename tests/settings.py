@@ -97,6 +97,7 @@ INSTALLED_APPS = [
     "tests.library",
     "tests.loans",
     "tests.bank",
+    "tests.shop",
 ]
 SECRET_KEY = "dbfleet-tests"
 # What the admin needs (tests/test_admin.py drives it through its views).

@@ -352,6 +352,15 @@ PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
         {CheckId.RELATION_ACROSS_GROUPS},
     ),
     (CheckId.UNHINTED_OPERATION_IN_SPLIT_APP, cases("unhinted"), set()),
+    (CheckId.MALFORMED_SHARDS, fleet(SHARDS=["default"]), set()),
+    (CheckId.SHARD_UNKNOWN_DATABASE, fleet(SHARDS={"g": {"databases": ["nope"]}}), set()),
+    (CheckId.BAD_SHARD_SLOTS, fleet(SHARDS={"g": {"databases": ["default"], "slots": 0}}), set()),
+    (CheckId.SHARD_DATABASE_SHARED, fleet(SHARDS={"g": {"databases": ["books"]}}), set()),
+    (
+        CheckId.MODEL_PLACED_TWICE,
+        fleet(SHARDS={"g": {"databases": ["default"], "keys": {"library.Book": "id"}}}),
+        set(),
+    ),
 ]
 #: Checks that need a server or an engine set up for them: tested on their own.
 DATABASE_CHECKS = {
@@ -680,3 +689,66 @@ def test_w007_is_silent_for_a_test_mirror() -> None:
 def test_e033_probe_timeout_not_seconds() -> None:
     message = only(problems(PROBE_TIMEOUT="5"), "dbfleet.E033")
     assert "PROBE_TIMEOUT" in message.msg and "'5'" in message.msg
+
+
+def shards(**group: Any) -> list[CheckMessage]:
+    """The checks with one shard group on ``default``, changed by ``group``."""
+    return problems(SHARDS={"g": {"databases": ["default"], **group}})
+
+
+@pytest.mark.parametrize(
+    "dbfleet",
+    [
+        {"SHARDS": ["default"]},
+        {"SHARDS": {"g": ["default"]}},
+        {"SHARDS": {"g": {"databases": []}}},
+        {"SHARDS": {"g": {"databases": ["default", "default"]}}},
+        {"SHARDS": {"g": {"databases": ["default"], "slot": 4}}},
+        {"SHARDS": {"g": {"databases": ["default"], "two_phase": "yes"}}},
+        {"SHARDS": {"g": {"databases": ["default"], "keys": ["library.Author"]}}},
+        {"SHARDS": {"g": {"databases": ["default"], "reference": "library.Author"}}},
+        {"SHARDS": {"g": {"databases": ["default"], "keys": {"library": "id"}}}},
+    ],
+)
+def test_e035_malformed_shards(dbfleet: dict[str, Any]) -> None:
+    message = only(problems(**dbfleet), "dbfleet.E035")
+    assert message.hint
+
+
+def test_e035_names_the_key_meant() -> None:
+    message = only(shards(slot=4), "dbfleet.E035")
+    assert message.hint is not None and "Did you mean 'slots'?" in message.hint
+
+
+def test_e036_shard_group_names_an_unknown_database_or_a_replica() -> None:
+    message = only(shards(databases=["defualt"]), "dbfleet.E036")
+    assert message.hint is not None and "Did you mean 'default'?" in message.hint
+    message = only(shards(databases=["replica"]), "dbfleet.E036")
+    assert "a replica of 'default'" in message.msg
+
+
+@pytest.mark.parametrize("slots", [0, 1025, "64", 2.5])
+def test_e037_bad_shard_slots(slots: object) -> None:
+    message = only(shards(slots=slots), "dbfleet.E037")
+    assert message.msg == f'DBFLEET["SHARDS"][\'g\']["slots"] is {slots!r}.'
+
+
+def test_e038_shard_database_shared() -> None:
+    message = only(shards(databases=["books"]), "dbfleet.E038")
+    assert 'DBFLEET["ROUTES"] uses too' in message.msg
+    group = {"databases": ["default"]}
+    message = only(problems(SHARDS={"a": group, "b": group}), "dbfleet.E038")
+    assert "shard group 'a' uses too" in message.msg
+
+
+def test_e039_model_placed_twice() -> None:
+    message = only(shards(keys={"library.Book": "id"}), "dbfleet.E039")
+    assert 'DBFLEET["ROUTES"] places too' in message.msg
+    message = only(
+        shards(keys={"library.Author": "id"}, reference=["library.Author"]), "dbfleet.E039"
+    )
+    assert "this group places too" in message.msg
+
+
+def test_a_valid_shard_group_is_silent() -> None:
+    assert shards(keys={"library.Author": "id"}, slots=8, two_phase=True) == []

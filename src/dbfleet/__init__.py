@@ -2,8 +2,10 @@
 
 from dbfleet.exceptions import (
     CommitError,
+    CrossShardError,
     InDoubtError,
     PartialCommitError,
+    ShardKeyRequired,
     WriteOutsideTransaction,
     WriteOutsideTransactionError,
     WriteToReplicaError,
@@ -15,13 +17,19 @@ from dbfleet.replicas import (
     write_position,
 )
 from dbfleet.routing import Router, database_for
+from dbfleet.sharding.query import ShardedManager, ShardedQuerySet
+from dbfleet.sharding.slots import shard_for
 from dbfleet.transactions import atomic, on_commit
 
 __all__ = [
     "CommitError",
+    "CrossShardError",
     "InDoubtError",
     "PartialCommitError",
     "Router",
+    "ShardKeyRequired",
+    "ShardedManager",
+    "ShardedQuerySet",
     "WriteOutsideTransaction",
     "WriteOutsideTransactionError",
     "WriteToReplicaError",
@@ -29,6 +37,7 @@ __all__ = [
     "database_for",
     "on_commit",
     "read_your_writes",
+    "shard_for",
     "use_primary",
     "use_replica",
     "write_position",

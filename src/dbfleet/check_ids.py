@@ -104,6 +104,27 @@ class CheckId(StrEnum):
         "`DEFAULT_DATABASE` only and be recorded as applied on the others (`fleet migrate` "
         "refuses it)",
     )
+    MALFORMED_SHARDS = (
+        "dbfleet.E035",
+        "`SHARDS` is not a dict of group name -> dict with `databases`, `keys`, `reference`, "
+        "`slots`, `two_phase`",
+    )
+    SHARD_UNKNOWN_DATABASE = (
+        "dbfleet.E036",
+        "a shard group names a database not in `DATABASES`, or a replica",
+    )
+    BAD_SHARD_SLOTS = (
+        "dbfleet.E037",
+        "a shard group's `slots` is not a whole number from its number of databases to 1024",
+    )
+    SHARD_DATABASE_SHARED = (
+        "dbfleet.E038",
+        "a database is in two shard groups, or is also a `ROUTES` target",
+    )
+    MODEL_PLACED_TWICE = (
+        "dbfleet.E039",
+        "a model is in two shard groups, sharded and reference at once, or in `ROUTES` too",
+    )
     REPLICA_MIRRORS_ANOTHER_DATABASE = (
         "dbfleet.W001",
         'a replica\'s `TEST["MIRROR"]` names another database than its primary',

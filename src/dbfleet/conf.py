@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from django.apps import apps
@@ -25,7 +26,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.dispatch import receiver
 
 from dbfleet.check_ids import CheckId
-from dbfleet.topology import Replica, Topology
+from dbfleet.topology import Replica, ShardGroup, Topology, split_route_key
 
 KNOWN_KEYS = (
     "DEFAULT_DATABASE",
@@ -39,7 +40,17 @@ KNOWN_KEYS = (
     "REPLICA_CHECK_INTERVAL",
     "REPLICA_COOLDOWN",
     "ROUTES",
+    "SHARDS",
     "WRITE_GUARD",
+)
+SHARD_GROUP_KEYS = ("databases", "keys", "reference", "slots", "two_phase")
+#: A ``FleetIdField`` has 10 bits for the slot.
+MAX_SLOTS = 1024
+SHARDS_SHAPE = (
+    "Give each group its databases, the key field of each sharded model, the reference models "
+    'and the number of slots: {"customers": {"databases": ["shard0", "shard1"], "keys": '
+    '{"shop.Customer": "id", "shop.Order": "customer"}, "reference": ["shop.Product"], '
+    '"slots": 1024}}.'
 )
 
 
@@ -117,6 +128,7 @@ class FleetSettings:
     seconds: Mapping[str, float] = field(
         default_factory=lambda: {key: default for key, (default, *_) in SECONDS.items()}
     )
+    shard_groups: tuple[ShardGroup, ...] = ()
     problems: tuple[CheckMessage, ...] = ()
 
 
@@ -185,6 +197,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
         replica.alias: primary for primary, found in replicas.items() for replica in found
     }
     routes = _parse_routes(raw.get("ROUTES", {}), databases, primary_of, problems)
+    shard_groups = _parse_shards(raw.get("SHARDS", {}), databases, primary_of, routes, problems)
     if default_database in primary_of:
         primary = primary_of[default_database]
         problems.append(
@@ -247,6 +260,7 @@ def parse(raw: object, databases: Collection[str]) -> FleetSettings:
         read_your_writes=mode,
         cookie=cookie,
         seconds=seconds,
+        shard_groups=shard_groups,
         problems=tuple(problems),
     )
 
@@ -342,6 +356,172 @@ def _parse_routes(
         else:
             routes[key] = alias
     return routes
+
+
+def _parse_shards(
+    raw: object,
+    databases: Collection[str],
+    primary_of: Mapping[str, str],
+    routes: Mapping[str, str],
+    problems: list[CheckMessage],
+) -> tuple[ShardGroup, ...]:
+    def problem(message: str, hint: str, check_id: CheckId) -> None:
+        problems.append(Error(message, hint=hint, obj=OBJ, id=check_id))
+
+    if not isinstance(raw, Mapping):
+        problem(
+            f'DBFLEET["SHARDS"] must be a dict, not {type(raw).__name__}.',
+            SHARDS_SHAPE,
+            CheckId.MALFORMED_SHARDS,
+        )
+        return ()
+    groups: list[ShardGroup] = []
+    database_owner: dict[str, str] = {}
+    model_owner: dict[str, str] = {}
+    routed = {split_route_key(key) for key in routes}
+    for name, entry in raw.items():
+        where = f'DBFLEET["SHARDS"][{name!r}]'
+        if not isinstance(name, str) or not isinstance(entry, Mapping):
+            problem(f"{where} must be a dict with a name.", SHARDS_SHAPE, CheckId.MALFORMED_SHARDS)
+            continue
+        valid = True
+        for key in entry:
+            if key not in SHARD_GROUP_KEYS:
+                valid = False
+                problem(
+                    f"{where} has an unknown key {key!r}.",
+                    f"Valid keys: {', '.join(SHARD_GROUP_KEYS)}."
+                    + did_you_mean(key, SHARD_GROUP_KEYS),
+                    CheckId.MALFORMED_SHARDS,
+                )
+        aliases = entry.get("databases")
+        if (
+            not isinstance(aliases, list | tuple)
+            or not aliases
+            or not all(isinstance(alias, str) for alias in aliases)
+            or len(set(aliases)) != len(aliases)
+        ):
+            problem(
+                f'{where}["databases"] is {aliases!r}: it must be a list of distinct database '
+                "aliases.",
+                SHARDS_SHAPE,
+                CheckId.MALFORMED_SHARDS,
+            )
+            continue
+        for alias in aliases:
+            if alias not in databases or alias in primary_of:
+                valid = False
+                what = (
+                    f"a replica of {primary_of[alias]!r}"
+                    if alias in primary_of
+                    else "not in DATABASES"
+                )
+                problem(
+                    f'{where}["databases"] names {alias!r}, which is {what}.',
+                    f"Use primaries from {_choices(databases)}, or add {alias!r} to DATABASES."
+                    + did_you_mean(alias, databases),
+                    CheckId.SHARD_UNKNOWN_DATABASE,
+                )
+            elif alias in database_owner or alias in routes.values():
+                valid = False
+                other = (
+                    f"shard group {database_owner[alias]!r}"
+                    if alias in database_owner
+                    else 'DBFLEET["ROUTES"]'
+                )
+                problem(
+                    f'{where}["databases"] names {alias!r}, which {other} uses too.',
+                    "Give each shard group databases of its own: a shard's rows are found by "
+                    "its slot, and nothing else may live there.",
+                    CheckId.SHARD_DATABASE_SHARED,
+                )
+            else:
+                database_owner[alias] = name
+        slots = entry.get("slots", MAX_SLOTS)
+        if type(slots) is not int or not len(aliases) <= slots <= MAX_SLOTS:
+            valid = False
+            problem(
+                f'{where}["slots"] is {slots!r}.',
+                f"Use a whole number from {len(aliases)} (one per database) to {MAX_SLOTS} "
+                "(what a FleetIdField can carry); the default is 1024. Fix it before any "
+                "data exists: changing it moves every key.",
+                CheckId.BAD_SHARD_SLOTS,
+            )
+        two_phase = entry.get("two_phase", False)
+        if not isinstance(two_phase, bool):
+            valid = False
+            problem(
+                f'{where}["two_phase"] is {two_phase!r}.',
+                "Use True (reference models are written to every copy with a two-phase "
+                "commit) or False.",
+                CheckId.MALFORMED_SHARDS,
+            )
+        keys = entry.get("keys", {})
+        reference = entry.get("reference", [])
+        if not isinstance(keys, Mapping) or not all(
+            isinstance(label, str) and isinstance(field_name, str)
+            for label, field_name in keys.items()
+        ):
+            problem(
+                f'{where}["keys"] is {keys!r}: it must map "app_label.Model" to the name of '
+                "its key field.",
+                SHARDS_SHAPE,
+                CheckId.MALFORMED_SHARDS,
+            )
+            continue
+        if not isinstance(reference, list | tuple) or not all(
+            isinstance(label, str) for label in reference
+        ):
+            problem(
+                f'{where}["reference"] is {reference!r}: it must be a list of "app_label.Model".',
+                SHARDS_SHAPE,
+                CheckId.MALFORMED_SHARDS,
+            )
+            continue
+        labels: dict[str, str] = {}
+        for label in (*keys, *reference):
+            app_label, model_name = split_route_key(label)
+            if model_name is None or not ROUTE_KEY.fullmatch(label):
+                valid = False
+                problem(
+                    f'{where} names {label!r}, which is not "app_label.Model".',
+                    SHARDS_SHAPE,
+                    CheckId.MALFORMED_SHARDS,
+                )
+                continue
+            lower = f"{app_label}.{model_name}"
+            routed_by = (
+                'DBFLEET["ROUTES"]'
+                if (app_label, model_name) in routed or (app_label, None) in routed
+                else None
+            )
+            placed_by = model_owner.get(lower) or ("this group" if lower in labels else routed_by)
+            if placed_by:
+                valid = False
+                problem(
+                    f"{where} names {label!r}, which {placed_by} places too.",
+                    "Place each model once: in one shard group, as sharded (keys) or as a "
+                    "reference model, and not in ROUTES.",
+                    CheckId.MODEL_PLACED_TWICE,
+                )
+                continue
+            labels[lower] = label
+        if not valid:
+            continue
+        model_owner.update(dict.fromkeys(labels, f"shard group {name!r}"))
+        groups.append(
+            ShardGroup(
+                name=name,
+                databases=tuple(aliases),
+                keys=MappingProxyType(
+                    {lower: keys[label] for lower, label in labels.items() if label in keys}
+                ),
+                reference=frozenset(lower for lower, label in labels.items() if label not in keys),
+                slots=slots,
+                two_phase=two_phase,
+            )
+        )
+    return tuple(groups)
 
 
 #: The shape of REPLICAS, for the hints.
@@ -539,6 +719,7 @@ def get_topology() -> Topology:
         routes=config.routes,
         replicas=config.replicas,
         models=apps.get_models(include_auto_created=True),
+        shard_groups=config.shard_groups,
     )
 
 

@@ -56,3 +56,11 @@ class WriteOutsideTransactionError(TransactionManagementError):
 
 class WriteToReplicaError(DatabaseError):
     """A write was sent to a replica, which only its primary may change."""
+
+
+class ShardKeyRequired(ValueError):
+    """A write to a sharded model, or a query that must have one shard, lacks the shard key."""
+
+
+class CrossShardError(DatabaseError):
+    """A query or write would need several shards in a way that cannot be answered correctly."""

@@ -9,9 +9,10 @@ from typing import Any
 from django.apps import apps
 from django.db import connections, models, router
 
-from dbfleet.conf import ANSWERS, get_topology
+from dbfleet.conf import ANSWERS, clears_on_reset, get_topology
 from dbfleet.replicas.choice import READS
 from dbfleet.replicas.scopes import use_primary
+from dbfleet.sharding.slots import database_of, shard_key
 from dbfleet.topology import owner_label
 
 
@@ -24,6 +25,11 @@ class Router:
 
     def db_for_read(self, model: type[models.Model], **hints: Any) -> str | None:
         alias = ANSWERS[model]
+        if alias in SHARDED:
+            # A related object lives on the shard its instance came from.
+            instance = hints.get("instance")
+            shard: str | None = instance._state.db if instance is not None else None
+            return shard if shard in SHARDED else alias
         reads = READS[alias]
         if reads is None:
             return alias
@@ -39,6 +45,8 @@ class Router:
     def db_for_write(self, model: type[models.Model], **hints: Any) -> str | None:
         instance = hints.get("instance") if hints else None
         db: str | None = instance._state.db if instance is not None else None
+        if ANSWERS[model] in SHARDED:
+            return _shard_for_write(model, instance)
         topology = get_topology()
         if db is not None and topology.is_replica(db):
             return topology.primary_of(db)  # Read from a replica: saved to its primary.
@@ -69,6 +77,35 @@ class Router:
         return db == home if isinstance(home, str) else db in home
 
 
+class _ShardDatabases:
+    """``alias in SHARDED``: whether ``alias`` is a database of a shard group (cached)."""
+
+    def __init__(self) -> None:
+        self.aliases: frozenset[str] | None = None
+
+    def __contains__(self, alias: object) -> bool:
+        if self.aliases is None:
+            self.aliases = get_topology().shard_databases
+        return alias in self.aliases
+
+    def clear(self) -> None:
+        self.aliases = None
+
+
+SHARDED = _ShardDatabases()
+clears_on_reset(SHARDED.clear)
+
+
+def _shard_for_write(model: type[models.Model], instance: models.Model | None) -> str | None:
+    """Where an instance of a sharded model is written: its key's shard (a copy: its own)."""
+    if instance is None:
+        return None  # The sharded queryset passes using= itself.
+    if shard_key(model) is None:
+        # A reference model: the copy it was read from, else the group's first.
+        return instance._state.db or ANSWERS[model]
+    return database_of(instance)
+
+
 def migrate_home(
     app_label: str, model_name: str | None = None, **hints: Any
 ) -> tuple[Any, str, str]:
@@ -82,15 +119,26 @@ def migrate_home(
     target_db = hints.get("target_db")
     if target_db is not None:
         return target_db, "target_db", ""
+    if hints.get("fleet_ids"):
+        # dbfleet's own id sequences: on every database that is not a replica.
+        primaries = tuple(alias for alias in topology.databases if not topology.is_replica(alias))
+        return primaries, "fleet_ids", ""
     model = hints.get("model")
     if model is not None:
         label = model_hint_label(model)
-        return topology.database_for_label(label), "model", label
+        return _home_of_label(label), "model", label
     if model_name is not None:
         label = f"{app_label}.{model_name}"
-        return topology.database_for_label(label), "model_name", label
+        return _home_of_label(label), "model_name", label
     rule = "split" if app_label in topology.split_apps else "app"
     return topology.database_for_app_operations(app_label), rule, app_label
+
+
+def _home_of_label(label: str) -> str | tuple[str, ...]:
+    """Where the model ``label`` migrates: its database, or every database of its shard group."""
+    topology = get_topology()
+    group = topology.shard_group_of.get(label.lower())
+    return group.databases if group is not None else topology.database_for_label(label)
 
 
 def explain_migrate(
@@ -104,8 +152,11 @@ def explain_migrate(
     allowed = db == home if isinstance(home, str) else db in home
     reason = {
         "target_db": f"hint target_db={home!r}",
+        "fleet_ids": "dbfleet's FleetIdField sequence, on every database but replicas",
         "model": f"hint model={subject}, which lives in {home!r}",
-        "model_name": f"{subject} lives in {home!r} ({route_source(subject)})",
+        "model_name": f"{subject} lives in {home!r} ({route_source(subject)})"
+        if isinstance(home, str)
+        else f"{subject} is spread over {home!r} ({route_source(subject)})",
         "split": f"no hints; app {subject!r} is split across databases, so it runs on "
         f"DEFAULT_DATABASE {home!r}",
         "app": f"no hints; app {subject!r} lives in {home!r}",
@@ -125,7 +176,11 @@ def model_hint_label(model: Any) -> str:
 
 def route_source(label: str) -> str:
     """The setting that places the model ``app_label.model_name``."""
-    route_keys = get_topology().route_keys
+    topology = get_topology()
+    group = topology.shard_group_of.get(label.lower())
+    if group is not None:
+        return f'SHARDS["{group.name}"]'
+    route_keys = topology.route_keys
     key = route_keys.get(label.lower()) or route_keys.get(label.partition(".")[0])
     return f'ROUTES["{key}"]' if key else "DEFAULT_DATABASE"
 

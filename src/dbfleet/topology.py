@@ -33,6 +33,37 @@ class Group:
         return (self.primary, *(replica.alias for replica in self.replicas))
 
 
+@dataclass(frozen=True)
+class ShardGroup:
+    """Databases of one engine that share a model's rows by key (``DBFLEET["SHARDS"]``).
+
+    A key's slot (``0 <= slot < slots``) lives on ``databases[slot * len(databases) //
+    slots]``: contiguous, equal ranges of slots per database, in the order listed.
+    """
+
+    name: str
+    databases: tuple[str, ...]
+    #: ``app_label.model_name`` (lower case) -> the name of its key field, as written.
+    keys: Mapping[str, str]
+    #: Models copied whole to every database of the group (lower-case labels).
+    reference: frozenset[str]
+    slots: int
+    #: Whether writes to reference models commit with two-phase commit.
+    two_phase: bool = False
+
+    def database_for_slot(self, slot: int) -> str:
+        """The database that holds ``slot``."""
+        return self.databases[slot * len(self.databases) // self.slots]
+
+    def slots_of(self, alias: str) -> range:
+        """The slots ``alias`` holds (empty if it is not in the group)."""
+        if alias not in self.databases:
+            return range(0)
+        index, count = self.databases.index(alias), len(self.databases)
+        # The smallest slot s with s * count // slots == index, and the next one's.
+        return range(-(-index * self.slots // count), -(-(index + 1) * self.slots // count))
+
+
 def split_route_key(key: str) -> tuple[str, str | None]:
     """Split a ROUTES key into (app_label, lowercased model name or None)."""
     app_label, _, model_name = key.partition(".")
@@ -53,7 +84,12 @@ class _LabelTable(dict[str, str | None]):
     def __missing__(self, label: str) -> str | None:
         app_label, _, model_name = label.partition(".")
         topology = self._topology
-        alias = topology.route_for(app_label, model_name) or topology.unrouted_answer
+        group = topology.shard_group_of.get(label)
+        if group is not None:
+            # Where a query without a key is planned; the sharded queryset routes itself.
+            alias: str | None = group.databases[0]
+        else:
+            alias = topology.route_for(app_label, model_name) or topology.unrouted_answer
         self[label] = alias
         return alias
 
@@ -110,6 +146,9 @@ class Topology:
     #: What the router answers for an unrouted model: no opinion (None) while
     #: ``DEFAULT_DATABASE`` is Django's own default, else that database.
     unrouted_answer: str | None
+    shard_groups: Mapping[str, ShardGroup] = field(default_factory=dict)
+    #: ``app_label.model_name`` of each sharded or reference model -> its group.
+    shard_group_of: Mapping[str, ShardGroup] = field(default_factory=dict)
     labels: _LabelTable = field(init=False, repr=False)
     models: _ModelTable = field(init=False, repr=False)
 
@@ -127,6 +166,7 @@ class Topology:
         routes: Mapping[str, str],
         replicas: Mapping[str, Iterable[Replica]],
         models: Iterable[Any] = (),
+        shard_groups: Iterable[ShardGroup] = (),
     ) -> Topology:
         """Build a topology; ``models`` are the installed model classes."""
         databases = tuple(databases)
@@ -154,6 +194,10 @@ class Topology:
             if alias == primary
         }
 
+        shard_groups = tuple(shard_groups)
+        shard_group_of = {
+            label: group for group in shard_groups for label in (*group.keys, *group.reference)
+        }
         topology = cls(
             databases=databases,
             default_database=default_database,
@@ -165,6 +209,8 @@ class Topology:
             app_operations=MappingProxyType({}),
             split_apps=frozenset(),
             unrouted_answer=None if default_database == DEFAULT_DB_ALIAS else default_database,
+            shard_groups=MappingProxyType({group.name: group for group in shard_groups}),
+            shard_group_of=MappingProxyType(shard_group_of),
         )
         homes: dict[str, set[str]] = {}
         for model in models:
@@ -200,6 +246,15 @@ class Topology:
     def database_for_app_operations(self, app_label: str) -> str:
         """Where a migration operation of ``app_label`` without hints runs."""
         return self.app_operations.get(app_label, self.default_database)
+
+    def shard_group_for(self, model: Any) -> ShardGroup | None:
+        """The shard group of a sharded or reference model, or None."""
+        return self.shard_group_of.get(owner_label(model))
+
+    @property
+    def shard_databases(self) -> frozenset[str]:
+        """Every database of every shard group."""
+        return frozenset(alias for group in self.shard_groups.values() for alias in group.databases)
 
     def is_replica(self, alias: str) -> bool:
         """Whether ``alias`` is a replica of another database."""

@@ -86,6 +86,8 @@ class Vendor:
     replicates: ClassVar[bool] = True
     #: Whether it can prepare a transaction (two-phase commit).
     two_phase: ClassVar[bool] = False
+    #: Whether NULL sorts before every value in an ascending ORDER BY.
+    nulls_first: ClassVar[bool] = True
     #: The ``OPTIONS`` key of a connect timeout in seconds, if the driver has one.
     connect_timeout_option: ClassVar[str | None] = None
 

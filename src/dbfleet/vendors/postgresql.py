@@ -56,6 +56,7 @@ def _finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
 
 class PostgreSQL(Vendor):
     name = "postgresql"
+    nulls_first = False
     two_phase = True
     connect_timeout_option = "connect_timeout"
 

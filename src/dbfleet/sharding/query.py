@@ -1,0 +1,566 @@
+# django-stubs leaves out the private QuerySet API this module extends (_chain,
+# _fields, _prefetch_related_lookups, ...): attributes are not checked here.
+# mypy: disable-error-code="attr-defined"
+"""The sharded queryset: it reads its shard key from the WHERE clause, or fans out and merges.
+
+Django's routers never see filter values, so a ``ShardedQuerySet`` routes
+itself when it is evaluated: ``exact`` and ``in`` lookups on the key, AND-ed
+with anything else (or OR-ed with other key lookups), name the databases;
+``using()``, ``on_shard()`` and ``for_key()`` pin one. A query without a key runs
+on every database of the group and the answers are merged exactly, or the
+query is refused with :class:`~dbfleet.CrossShardError` saying what to add.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from functools import total_ordering
+from typing import Any, TypeVar
+
+from django.db import connections, models
+from django.db.models import Avg, Count, F, Max, Min, Sum
+from django.db.models.expressions import Col
+from django.db.models.lookups import Exact, In
+from django.db.models.query import FlatValuesListIterable, ValuesIterable, ValuesListIterable
+from django.db.models.sql.where import AND, OR, WhereNode
+
+from dbfleet import vendors
+from dbfleet.conf import get_topology
+from dbfleet.exceptions import CrossShardError
+from dbfleet.sharding.slots import ShardKey, database_of, shard_key
+from dbfleet.topology import ShardGroup
+from dbfleet.transactions import atomic
+
+M = TypeVar("M", bound=models.Model)
+T = TypeVar("T")
+#: At most this many databases are queried at once by one fan-out.
+FAN_OUT_THREADS = 8
+MERGEABLE = (Count, Sum, Min, Max, Avg)
+
+
+def _key_databases(node: Any, key: ShardKey, alias: str) -> set[str] | None:
+    """The databases that can hold rows matching ``node``; None: any of them."""
+    if isinstance(node, WhereNode):
+        if node.negated or node.connector not in (AND, OR):
+            return None
+        found = [_key_databases(child, key, alias) for child in node.children]
+        if node.connector == AND:
+            known = [databases for databases in found if databases is not None]
+            return set.intersection(*known) if known else None
+        if any(databases is None for databases in found):
+            return None
+        return set().union(*found)  # type: ignore[arg-type]
+    if not isinstance(node, Exact | In) or not isinstance(node.lhs, Col):
+        return None
+    if node.lhs.alias != alias or node.lhs.target.column != key.field.column:
+        return None
+    values = [node.rhs] if isinstance(node, Exact) else list(node.rhs)
+    if any(hasattr(value, "resolve_expression") for value in values):
+        return None  # A subquery or an expression: only the database knows.
+    return {key.database(value) for value in values if value is not None}
+
+
+def _split_in(node: WhereNode, key: ShardKey, alias: str, database: str) -> WhereNode:
+    """``node`` with each top-level ``key IN (...)`` narrowed to the values ``database`` holds."""
+    clone = node.clone()
+    if node.negated or node.connector != AND:
+        return clone
+    for index, child in enumerate(clone.children):
+        if (
+            isinstance(child, In)
+            and isinstance(child.lhs, Col)
+            and child.lhs.alias == alias
+            and child.lhs.target.column == key.field.column
+            and not hasattr(child.rhs, "resolve_expression")
+        ):
+            mine = [value for value in child.rhs if key.database(value) == database]
+            clone.children[index] = In(child.lhs, mine)  # type: ignore[call-overload]
+    return clone
+
+
+@total_ordering
+class _SortValue:
+    """One ORDER BY value, compared as the database compares it (direction and NULLs)."""
+
+    __slots__ = ("descending", "nulls_first", "value")
+
+    def __init__(self, value: Any, descending: bool, nulls_first: bool) -> None:
+        self.value = value
+        self.descending = descending
+        self.nulls_first = nulls_first
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SortValue) and self.value == other.value
+
+    def __lt__(self, other: _SortValue) -> bool:
+        if self.value is None or other.value is None:
+            if self.value is None and other.value is None:
+                return False
+            # NULLs first in ascending order means: a NULL is smaller than any value.
+            return (self.value is None) == (self.nulls_first != self.descending)
+        less: bool = self.value > other.value if self.descending else self.value < other.value
+        return less
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ShardedQuerySet(models.QuerySet[M]):
+    """A queryset over a sharded or reference model: one shard when the key says so, else all."""
+
+    # --- Where a query runs -------------------------------------------------------------------
+
+    def _group(self) -> ShardGroup:
+        group = get_topology().shard_group_for(self.model)
+        if group is None:
+            raise CrossShardError(
+                f"{self.model._meta.label} uses ShardedManager but is in no shard group: list "
+                'it in DBFLEET["SHARDS"], or give it a plain manager.'
+            )
+        return group
+
+    def _pinned(self) -> str | None:
+        pinned: str | None = self._db
+        return pinned
+
+    def _targets(self) -> list[str]:
+        """The databases this query must run on, in the group's order."""
+        pinned = self._pinned()
+        if pinned is not None:
+            return [pinned]
+        group = self._group()
+        key = shard_key(self.model)
+        if key is None:  # A reference model: every database has every row.
+            return [group.databases[0]]
+        found = _key_databases(self.query.where, key, self.query.get_initial_alias())
+        if found is None:
+            return list(group.databases)
+        return [alias for alias in group.databases if alias in found]
+
+    def _on(self, alias: str) -> ShardedQuerySet[M]:
+        """This query, pinned to ``alias`` (with any key ``IN`` list narrowed to its values)."""
+        clone: ShardedQuerySet[M] = self._chain()
+        clone._db = alias
+        key = shard_key(self.model)
+        if key is not None and self._pinned() is None:
+            clone.query.where = _split_in(
+                clone.query.where, key, clone.query.get_initial_alias(), alias
+            )
+        return clone
+
+    def on_shard(self, alias: str) -> ShardedQuerySet[M]:
+        """This query on the database ``alias`` of the model's shard group only."""
+        group = self._group()
+        if alias not in group.databases:
+            raise ValueError(
+                f"{alias!r} is not a database of shard group {group.name!r}: use one of "
+                f"{', '.join(map(repr, group.databases))}."
+            )
+        return self.using(alias)
+
+    def for_key(self, key: object) -> ShardedQuerySet[M]:
+        """This query on the database that holds the rows of shard key value ``key``."""
+        found = shard_key(self.model)
+        if found is None:
+            raise TypeError(f"{self.model._meta.label} is not sharded by a key.")
+        clone: ShardedQuerySet[M] = self.using(found.database(key))
+        return clone
+
+    def _each(self, work: Callable[[ShardedQuerySet[M]], T], targets: Sequence[str]) -> list[T]:
+        """``work`` on this query pinned to each target, in parallel outside a transaction.
+
+        Inside a transaction on any of them it runs on the caller's connections,
+        one after the other, so that it sees (and takes part in) the transaction.
+        """
+        clones = [self._on(alias) for alias in targets]
+        if len(clones) == 1 or any(connections[alias].in_atomic_block for alias in targets):
+            return [work(clone) for clone in clones]
+
+        def run(clone: ShardedQuerySet[M]) -> T:
+            try:
+                return work(clone)
+            finally:
+                connections[clone._db or ""].close()  # This thread's own connection.
+
+        with ThreadPoolExecutor(min(FAN_OUT_THREADS, len(clones))) as pool:
+            return list(pool.map(run, clones))
+
+    # --- Reads ----------------------------------------------------------------------------------
+
+    def _order_terms(self) -> list[tuple[str, bool]]:
+        """(field name, descending) for each ORDER BY term; refused if not mergeable."""
+        query = self.query
+        terms = list(query.order_by) or (
+            list(self.model._meta.ordering or ()) if query.default_ordering else []
+        )
+        found = []
+        for term in terms:
+            if not isinstance(term, str) or term == "?" or "__" in term:
+                raise CrossShardError(
+                    f"{self.model._meta.label}: a query over several shards can be ordered "
+                    f"by its own fields only, not {term!r}. Filter on the shard key, or "
+                    "use for_key() or on_shard()."
+                )
+            # reverse() (and so last()) flips every term.
+            found.append((term.lstrip("-+"), term.startswith("-") != (not query.standard_ordering)))
+        return found
+
+    def _ordering(self, names: list[str] | None) -> list[tuple[Callable[[Any], Any], bool]]:
+        """(value of a row, descending) per ORDER BY term; rows are tuples of ``names``."""
+        ordering: list[tuple[Callable[[Any], Any], bool]] = []
+        for name, descending in self._order_terms():
+            if names is None:
+                field: Any = (
+                    self.model._meta.pk if name == "pk" else self.model._meta.get_field(name)
+                )
+                ordering.append((operator.attrgetter(field.attname), descending))
+            else:
+                if name == "pk":
+                    name = self.model._meta.pk.attname if "pk" not in names else "pk"
+                position = names.index(name)
+                ordering.append((operator.itemgetter(position), descending))
+        return ordering
+
+    def _per_shard(
+        self,
+    ) -> tuple[ShardedQuerySet[Any], Callable[[Any], Any] | None, list[str] | None]:
+        """This query as each shard runs it in a fan-out, how to shape its rows, their names.
+
+        Each shard returns the first ``high_mark`` rows. A values() query selects
+        what it is ordered by too (as one database would order by it), as tuples;
+        the merge puts the rows back in the shape asked for.
+        """
+        clone = self._chain()
+        if clone.query.is_sliced:
+            high = clone.query.high_mark
+            clone.query.clear_limits()
+            clone.query.set_limits(0, high)
+        if self._fields is None:
+            return clone, None, None
+        names = list(self._fields) or [
+            *(field.attname for field in self.model._meta.concrete_fields),
+            *self.query.annotation_select,
+        ]
+        width = len(names)
+        for name, _ in self._order_terms():
+            if name == "pk":
+                name = self.model._meta.pk.attname
+            if name not in names and name not in self.query.annotation_select:
+                names.append(name)
+            elif name not in names:
+                raise CrossShardError(
+                    f"{self.model._meta.label}: a query over several shards must select "
+                    f"the annotation {name!r} it is ordered by."
+                )
+        iterable = self._iterable_class
+        if iterable is ValuesIterable:
+            fields = names[:width]
+
+            def shape(row: Any) -> Any:
+                return dict(zip(fields, row[:width], strict=True))
+
+        elif iterable is FlatValuesListIterable:
+
+            def shape(row: Any) -> Any:
+                return row[0]
+
+        elif iterable is ValuesListIterable:
+
+            def shape(row: Any) -> Any:
+                return row[:width]
+
+        else:
+            raise CrossShardError(
+                f"{self.model._meta.label}: values_list(named=True) over several shards is "
+                "not supported; use values(), or filter on the shard key."
+            )
+        values: Any = models.QuerySet.values_list(clone, *names)
+        return values, shape, names
+
+    def _merge(
+        self,
+        targets: Sequence[str],
+        results: Iterable[Iterable[Any]],
+        shape: Callable[[Any], Any] | None,
+        names: list[str] | None,
+    ) -> Iterator[Any]:
+        """The rows of every shard, in the query's order, sliced as the query says."""
+        query = self.query
+        ordering = self._ordering(names)
+        if query.is_sliced and not ordering:
+            raise CrossShardError(
+                f"{self.model._meta.label}: a slice of a query over several shards needs an "
+                "order_by(), or the rows it returns would depend on the shards' timing."
+            )
+        if ordering:
+            nulls_first = vendors.of(connections[targets[0]]).nulls_first
+
+            def sort_key(row: Any) -> tuple[_SortValue, ...]:
+                return tuple(
+                    _SortValue(value(row), descending, nulls_first)
+                    for value, descending in ordering
+                )
+
+            rows: Iterator[Any] = heapq.merge(*results, key=sort_key)
+        else:
+            rows = itertools.chain.from_iterable(results)
+        if query.distinct:
+            rows = _unique(rows)
+        if query.is_sliced:
+            rows = itertools.islice(rows, query.low_mark, query.high_mark)
+        return rows if shape is None else map(shape, rows)
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is not None:
+            return
+        targets = self._targets()
+        if len(targets) == 1:
+            clone = self._on(targets[0])
+            models.QuerySet._fetch_all(clone)
+            self._result_cache = clone._result_cache
+            self._prefetch_done = clone._prefetch_done  # type: ignore[has-type]
+            return
+        self._check_fan_out()
+        per_shard, shape, names = self._per_shard()
+        results = per_shard._each(list, targets)
+        self._result_cache = list(self._merge(targets, results, shape, names))
+        if self._prefetch_related_lookups and not self._prefetch_done:
+            self._prefetch_related_objects()
+
+    def _check_fan_out(self) -> None:
+        if self.query.select_for_update:
+            raise CrossShardError(
+                f"{self.model._meta.label}: select_for_update() cannot lock rows on several "
+                "shards at once; filter on the shard key, or use for_key()."
+            )
+        if (
+            self.query.group_by is not None
+            and self._fields is not None
+            and any(
+                getattr(annotation, "contains_aggregate", False)
+                for annotation in self.query.annotations.values()
+            )
+        ):
+            raise CrossShardError(
+                f"{self.model._meta.label}: values().annotate() with an aggregate over several "
+                "shards is not merged yet; filter on the shard key, or use aggregate()."
+            )
+
+    def iterator(self, chunk_size: int | None = None) -> Iterator[M]:
+        targets = self._targets()
+        if len(targets) == 1:
+            return models.QuerySet.iterator(self._on(targets[0]), chunk_size)
+        self._check_fan_out()
+        per_shard, shape, names = self._per_shard()
+        streams = [per_shard._on(alias).iterator(chunk_size) for alias in targets]
+        return self._merge(targets, streams, shape, names)
+
+    def count(self) -> int:
+        if self._result_cache is not None:
+            return len(self._result_cache)
+        targets = self._targets()
+        if len(targets) > 1 and self.query.is_sliced:
+            return len(self._chain())  # The slice is of the merged rows.
+        if len(targets) > 1 and self.query.distinct:
+            # A row may be on several shards. Like Django's count(), ignore the ordering.
+            return len(self.order_by())
+        return sum(self._each(models.QuerySet.count, targets))
+
+    def exists(self) -> bool:
+        if self._result_cache is not None:
+            return bool(self._result_cache)
+        return any(self._each(models.QuerySet.exists, self._targets()))
+
+    def get(self, *args: Any, **kwargs: Any) -> M:
+        clone = self.filter(*args, **kwargs) if args or kwargs else self._chain()
+        targets = clone._targets()
+        if len(targets) == 1:
+            one: M = models.QuerySet.get(clone._on(targets[0]))
+            return one
+        found = list(
+            itertools.chain.from_iterable(clone.order_by()._each(lambda qs: list(qs[:2]), targets))
+        )
+        if len(found) == 1:
+            only: M = found[0]
+            return only
+        if not found:
+            raise self.model.DoesNotExist(
+                f"{self.model._meta.object_name} matching query does not exist."
+            )
+        raise self.model.MultipleObjectsReturned(
+            f"get() returned more than one {self.model._meta.object_name} (on several shards)."
+        )
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        for arg in args:
+            kwargs[arg.default_alias] = arg
+        targets = self._targets()
+        if len(targets) == 1:
+            return models.QuerySet.aggregate(self._on(targets[0]), **kwargs)
+        if self.query.is_sliced or self.query.distinct:
+            raise CrossShardError(
+                f"{self.model._meta.label}: aggregate() over a slice or distinct() of several "
+                "shards cannot be merged; filter on the shard key."
+            )
+        per_shard: dict[str, Any] = {}
+        merges: dict[str, Callable[[list[dict[str, Any]]], Any]] = {}
+        for name, aggregate in kwargs.items():
+            merges[name] = self._split_aggregate(name, aggregate, per_shard)
+        answers = self._each(lambda qs: models.QuerySet.aggregate(qs, **per_shard), targets)
+        return {name: merge(answers) for name, merge in merges.items()}
+
+    def _split_aggregate(
+        self, name: str, aggregate: Any, per_shard: dict[str, Any]
+    ) -> Callable[[list[dict[str, Any]]], Any]:
+        """Add what each shard computes for ``aggregate`` to ``per_shard``; return the merge."""
+        if type(aggregate) not in MERGEABLE:
+            raise CrossShardError(
+                f"{self.model._meta.label}: {aggregate!r} over several shards cannot be "
+                "computed exactly; use Count, Sum, Min, Max or Avg, or filter on the shard key."
+            )
+        default = aggregate.default
+        plain = copy.deepcopy(aggregate)
+        plain.default = None  # A default is applied once, after the merge.
+        if isinstance(aggregate, Count) and aggregate.distinct and not self._counts_key(plain):
+            raise CrossShardError(
+                f"{self.model._meta.label}: Count(distinct=True) over several shards counts "
+                "a value once per shard; count the shard key, or filter on it."
+            )
+
+        def values(answers: list[dict[str, Any]], key: str) -> list[Any]:
+            return [answer[key] for answer in answers if answer[key] is not None]
+
+        def finish(value: Any) -> Any:
+            return default if value is None else value
+
+        if isinstance(aggregate, Avg):
+            total, count = f"__fleet_sum_{name}", f"__fleet_count_{name}"
+            sources, condition = aggregate.source_expressions, aggregate.filter
+            per_shard[total] = Sum(sources[0], filter=condition)
+            per_shard[count] = Count(sources[0], filter=condition)
+
+            def average(answers: list[dict[str, Any]]) -> Any:
+                n = sum(answer[count] for answer in answers)
+                if not n:
+                    return finish(None)
+                s = sum(values(answers, total))
+                if isinstance(s, Decimal):
+                    return finish(s / Decimal(n))
+                return finish(s / n)
+
+            return average
+        per_shard[name] = plain
+        if isinstance(aggregate, Count):
+            return lambda answers: sum(answer[name] for answer in answers)
+        pick: Callable[[list[Any]], Any] = (
+            sum if isinstance(aggregate, Sum) else min if isinstance(aggregate, Min) else max
+        )
+        return lambda answers: finish(pick(found) if (found := values(answers, name)) else None)
+
+    def _counts_key(self, aggregate: Any) -> bool:
+        key = shard_key(self.model)
+        sources = aggregate.source_expressions
+        if key is None or len(sources) != 1 or not isinstance(sources[0], F):
+            return False
+        return sources[0].name in (key.field.name, key.attname)
+
+    # --- Writes ---------------------------------------------------------------------------------
+
+    def _writing(self, targets: Sequence[str]) -> Any:
+        """One ``dbfleet.atomic`` over ``targets``; two-phase for copies if the group says so."""
+        copies = shard_key(self.model) is None and self._pinned() is None
+        return atomic(*targets, two_phase=copies and self._group().two_phase)
+
+    def _write_targets(self) -> list[str]:
+        if shard_key(self.model) is None and self._pinned() is None:
+            return list(self._group().databases)  # Every copy of a reference model.
+        return self._targets()
+
+    def update(self, **kwargs: Any) -> int:
+        key = shard_key(self.model)
+        if key is not None and (key.field.name in kwargs or key.attname in kwargs):
+            raise CrossShardError(
+                f"{self.model._meta.label}: update() cannot change the shard key "
+                f"{key.field.name!r}: the rows would stay on the old key's shard. Create "
+                "them anew under the new key and delete the old ones."
+            )
+        targets = self._write_targets()
+        with self._writing(targets):
+            counts = self._each(lambda qs: models.QuerySet.update(qs, **kwargs), targets)
+        return self._rows(counts)
+
+    def _rows(self, counts: list[int]) -> int:
+        """The rows a write changed: summed over shards; a reference model's, once."""
+        if shard_key(self.model) is None and self._pinned() is None:
+            return counts[0]  # Every copy changed the same rows.
+        return sum(counts)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        targets = self._write_targets()
+        with self._writing(targets):
+            answers = self._each(models.QuerySet.delete, targets)
+        if shard_key(self.model) is None and self._pinned() is None:
+            return answers[0]  # Every copy deleted the same rows.
+        total, per_model = 0, dict[str, int]()
+        for count, counts in answers:
+            total += count
+            for label, n in counts.items():
+                per_model[label] = per_model.get(label, 0) + n
+        return total, per_model
+
+    def create(self, **kwargs: Any) -> M:
+        instance = self.model(**kwargs)
+        self._for_write = True
+        if self._pinned() is not None:
+            instance.save(force_insert=True, using=self._pinned())
+        elif shard_key(self.model) is None:
+            databases = self._group().databases
+            with self._writing(databases):
+                for alias in reversed(databases):  # The first copy's last: it is read first.
+                    instance.save(force_insert=True, using=alias)
+        else:
+            instance.save(force_insert=True)
+        return instance
+
+    def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
+        objs = list(objs)
+        pinned = self._pinned()
+        key = shard_key(self.model)
+        if pinned is not None or key is None:
+            targets = [pinned] if pinned is not None else list(self._group().databases)
+            with self._writing(targets):
+                for alias in targets:
+                    models.QuerySet.bulk_create(self.using(alias), objs, *args, **kwargs)
+            return objs
+        batches: dict[str, list[M]] = {}
+        for obj in objs:
+            batches.setdefault(database_of(obj), []).append(obj)
+        with atomic(*batches):
+            for alias, batch in batches.items():
+                models.QuerySet.bulk_create(self.using(alias), batch, *args, **kwargs)
+        return objs
+
+
+def _unique(rows: Iterable[T]) -> Iterator[T]:
+    seen: list[Any] = []
+    hashed: set[Any] = set()
+    for row in rows:
+        try:
+            if row in hashed:
+                continue
+            hashed.add(row)
+        except TypeError:  # A dict (values()): compare as items.
+            items = tuple(row.items()) if isinstance(row, dict) else row
+            if items in seen:
+                continue
+            seen.append(items)
+        yield row
+
+
+class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
+    """The manager of sharded and reference models (``objects = dbfleet.ShardedManager()``)."""

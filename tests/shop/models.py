@@ -1,0 +1,58 @@
+"""A shop sharded by customer (tests/test_sharding.py turns the sharding on).
+
+``Twin*`` models hold the same rows on one database, to compare answers with.
+"""
+
+from django.db import models
+
+from dbfleet import ShardedManager
+
+
+class Customer(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=50)
+    country = models.CharField(max_length=2)
+
+    objects = ShardedManager()
+
+
+class Order(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    customer = models.ForeignKey(Customer, models.CASCADE)
+    status = models.CharField(max_length=10)
+    total = models.DecimalField(max_digits=10, decimal_places=2)
+    quantity = models.IntegerField(null=True)
+
+    objects = ShardedManager()
+
+    class Meta:
+        ordering = ["status", "id"]
+
+
+class TwinOrder(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    customer_id = models.BigIntegerField()
+    status = models.CharField(max_length=10)
+    total = models.DecimalField(max_digits=10, decimal_places=2)
+    quantity = models.IntegerField(null=True)
+
+    class Meta:
+        ordering = ["status", "id"]
+
+
+class Product(models.Model):
+    """A reference model: a full copy on every shard."""
+
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=50)
+
+    objects = ShardedManager()
+
+
+class Visit(models.Model):
+    """Sharded by a text key."""
+
+    id = models.BigIntegerField(primary_key=True)
+    session = models.CharField(max_length=40)
+
+    objects = ShardedManager()
