@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connections, router
 from django.db.models import Avg, Count, Max, Min, Q, StdDev, Sum
 from django.db.transaction import TransactionManagementError
@@ -180,6 +181,38 @@ def test_an_in_list_is_split_per_database() -> None:
         (sql,) = [s for s in queries.on(alias) if "shop_customer" in s]
         mine = [key for key in range(1, 7) if dbfleet.shard_for(Customer, key) == alias]
         assert sql.count("%s") + sql.count("?") in (0, len(mine)) or str(mine[0]) in sql
+
+
+def test_get_or_create_and_update_or_create_run_on_the_key_s_shard() -> None:
+    customer, created = Customer.objects.get_or_create(id=9, defaults={"name": "n"})
+    assert created and customer._state.db == dbfleet.shard_for(Customer, 9)
+    assert Customer.objects.get_or_create(id=9) == (customer, False)
+    customer, created = Customer.objects.update_or_create(id=9, defaults={"name": "m"})
+    assert not created and Customer.objects.on_shard(customer._state.db).get(id=9).name == "m"
+    with pytest.raises(dbfleet.ShardKeyRequired, match="include the shard key"):
+        Customer.objects.get_or_create(name="m")
+    with pytest.raises(dbfleet.CrossShardError, match="reference model"):
+        Product.objects.get_or_create(id=1)
+
+
+def test_prefetch_and_select_related_in_a_fan_out_stay_on_each_row_s_shard() -> None:
+    customers()
+    add_orders([(key, "new", Decimal("1.00"), key) for key in range(1, 7)])
+    both_shards_used()
+    orders = list(Order.objects.select_related("customer").order_by("id"))
+    assert [order.customer.name for order in orders] == [f"c{key}" for key in range(1, 7)]
+    people = list(Customer.objects.prefetch_related("order_set").order_by("id"))
+    assert [[o.id for o in person.order_set.all()] for person in people] == [
+        [key] for key in range(1, 7)
+    ]
+    orders = list(Order.objects.prefetch_related("customer").order_by("id"))
+    assert [order.customer.id for order in orders] == list(range(1, 7))
+
+
+def test_an_empty_in_list_matches_nothing() -> None:
+    customers()
+    assert list(Customer.objects.filter(id__in=[])) == []
+    assert Customer.objects.filter(id__in=[]).count() == 0
 
 
 def test_on_shard_names_a_database_of_the_group() -> None:
@@ -404,3 +437,18 @@ if ENGINES["books"] == "postgres":
             test_reference_writes_commit_in_two_phases_when_the_group_asks
         )
     )
+
+
+def test_async_variants_give_the_same_answers() -> None:
+    customers()
+    add_orders([(1, "new", Decimal("1.00"), 1), (2, "paid", Decimal("2.00"), 2)])
+
+    async def answers() -> tuple[int, int, list[int]]:
+        order = await Order.objects.aget(pk=2)
+        return (
+            await Order.objects.acount(),
+            order.customer_id,
+            [o.id async for o in Order.objects.order_by("-id")],
+        )
+
+    assert async_to_sync(answers)() == (2, 2, [2, 1])

@@ -32,7 +32,7 @@ from django.db.models.sql.where import AND, OR, WhereNode
 
 from dbfleet import vendors
 from dbfleet.conf import get_topology
-from dbfleet.exceptions import CrossShardError
+from dbfleet.exceptions import CrossShardError, ShardKeyRequired
 from dbfleet.sharding.slots import ShardKey, database_of, shard_key
 from dbfleet.topology import ShardGroup
 from dbfleet.transactions import atomic
@@ -140,7 +140,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         found = _key_databases(self.query.where, key, self.query.get_initial_alias())
         if found is None:
             return list(group.databases)
-        return [alias for alias in group.databases if alias in found]
+        # No value at all (``key__in=[]``) matches nothing: any one database says so.
+        return [alias for alias in group.databases if alias in found] or [group.databases[0]]
 
     def _on(self, alias: str) -> ShardedQuerySet[M]:
         """This query, pinned to ``alias`` (with any key ``IN`` list narrowed to its values)."""
@@ -329,8 +330,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         per_shard, shape, names = self._per_shard()
         results = per_shard._each(list, targets)
         self._result_cache = list(self._merge(targets, results, shape, names))
-        if self._prefetch_related_lookups and not self._prefetch_done:
-            self._prefetch_related_objects()
+        # Each shard prefetched for its own rows (a related row is on its row's shard).
+        self._prefetch_done = True
 
     def _check_fan_out(self) -> None:
         if self.query.select_for_update:
@@ -526,6 +527,35 @@ class ShardedQuerySet(models.QuerySet[M]):
         else:
             instance.save(force_insert=True)
         return instance
+
+    def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[M, bool]:
+        found: tuple[M, bool] = models.QuerySet.get_or_create(
+            self._one_for(kwargs, "get_or_create"), defaults, **kwargs
+        )
+        return found
+
+    def update_or_create(
+        self, defaults: Any = None, create_defaults: Any = None, **kwargs: Any
+    ) -> tuple[M, bool]:
+        found: tuple[M, bool] = models.QuerySet.update_or_create(
+            self._one_for(kwargs, "update_or_create"), defaults, create_defaults, **kwargs
+        )
+        return found
+
+    def _one_for(self, lookups: dict[str, Any], method: str) -> ShardedQuerySet[M]:
+        """This query on the one database ``lookups`` name, for a read-then-write method."""
+        targets = self.filter(**lookups)._write_targets()
+        if len(targets) == 1:
+            return self.using(targets[0])
+        if shard_key(self.model) is None:
+            raise CrossShardError(
+                f"{self.model._meta.label} is a reference model and {method}() would write "
+                "one copy only: use get(), then create() or update(), which write every copy."
+            )
+        raise ShardKeyRequired(
+            f"{self.model._meta.label}.objects.{method}() looks up and writes in one "
+            "transaction, on one database: include the shard key in its lookups."
+        )
 
     def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
         objs = list(objs)
