@@ -209,6 +209,25 @@ def test_prefetch_and_select_related_in_a_fan_out_stay_on_each_row_s_shard() -> 
     assert [order.customer.id for order in orders] == list(range(1, 7))
 
 
+def test_one_shard_iterator_and_a_sliced_fan_out_count() -> None:
+    customers()
+    add_orders([(1, "new", Decimal("1.00"), 1), (1, "paid", Decimal("2.00"), 2)])
+    Order.objects.create(id=3, customer_id=2, status="sent", total=Decimal("3.00"))
+    assert [o.id for o in Order.objects.filter(customer=1).iterator()] == [1, 2]
+    assert Order.objects.order_by("id")[1:].count() == 2
+    assert Order.objects.order_by("id")[5:].count() == 0
+
+
+def test_a_sharded_manager_outside_any_group_says_so() -> None:
+    with (
+        override_settings(DBFLEET={}),
+        pytest.raises(dbfleet.CrossShardError, match="in no shard group"),
+    ):
+        Order.objects.count()
+    with pytest.raises(TypeError, match="not sharded by a key"):
+        Product.objects.for_key(1)
+
+
 def test_an_empty_in_list_matches_nothing() -> None:
     customers()
     assert list(Customer.objects.filter(id__in=[])) == []

@@ -577,19 +577,12 @@ class ShardedQuerySet(models.QuerySet[M]):
 
 
 def _unique(rows: Iterable[T]) -> Iterator[T]:
-    seen: list[Any] = []
-    hashed: set[Any] = set()
+    """``rows`` without repeats (model instances or tuples: a fan-out's rows are hashable)."""
+    seen: set[T] = set()
     for row in rows:
-        try:
-            if row in hashed:
-                continue
-            hashed.add(row)
-        except TypeError:  # A dict (values()): compare as items.
-            items = tuple(row.items()) if isinstance(row, dict) else row
-            if items in seen:
-                continue
-            seen.append(items)
-        yield row
+        if row not in seen:
+            seen.add(row)
+            yield row
 
 
 class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
