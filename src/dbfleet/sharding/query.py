@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from django.db import connections, models
 from django.db.models import Avg, Count, F, Max, Min, Sum
 from django.db.models.expressions import Col
+from django.db.models.functions import Coalesce
 from django.db.models.lookups import Exact, In
 from django.db.models.query import FlatValuesListIterable, ValuesIterable, ValuesListIterable
 from django.db.models.sql.where import AND, OR, WhereNode
@@ -327,6 +328,9 @@ class ShardedQuerySet(models.QuerySet[M]):
             self._prefetch_done = clone._prefetch_done  # type: ignore[has-type]
             return
         self._check_fan_out()
+        if self._aggregates():
+            self._result_cache = self._merge_groups(targets)
+            return
         per_shard, shape, names = self._per_shard()
         results = per_shard._each(list, targets)
         self._result_cache = list(self._merge(targets, results, shape, names))
@@ -339,24 +343,118 @@ class ShardedQuerySet(models.QuerySet[M]):
                 f"{self.model._meta.label}: select_for_update() cannot lock rows on several "
                 "shards at once; filter on the shard key, or use for_key()."
             )
-        if (
-            self.query.group_by is not None
-            and self._fields is not None
-            and any(
-                getattr(annotation, "contains_aggregate", False)
-                for annotation in self.query.annotations.values()
-            )
-        ):
+        if self.query.where.contains_aggregate:
             raise CrossShardError(
-                f"{self.model._meta.label}: values().annotate() with an aggregate over several "
-                "shards is not merged yet; filter on the shard key, or use aggregate()."
+                f"{self.model._meta.label}: a filter on an aggregate over several shards would "
+                "be applied to each shard's part of a group; filter the merged rows in Python, "
+                "or filter on the shard key."
             )
+
+    def _aggregates(self) -> dict[str, tuple[Any, Any]]:
+        """Of a ``values(...).annotate(...)`` query: name -> (aggregate, its default)."""
+        query = self.query
+        if self._fields is None or not isinstance(query.group_by, tuple):
+            return {}
+        found = {}
+        # Ordered by, if not selected: the merge computes them too.
+        ordered = {term.lstrip("-+") for term in query.order_by if isinstance(term, str)}
+        for name, annotation in query.annotations.items():
+            if name not in query.annotation_select and name not in ordered:
+                continue
+            if not getattr(annotation, "contains_aggregate", False):
+                continue
+            default = None
+            # An aggregate with a default resolves to Coalesce(aggregate, default).
+            if isinstance(annotation, Coalesce) and isinstance(
+                annotation.source_expressions[0], MERGEABLE
+            ):
+                annotation, default = annotation.source_expressions
+                default = default.value
+            found[name] = (annotation, default)
+        return found
+
+    def _merge_groups(self, targets: Sequence[str]) -> list[Any]:
+        """A ``values(...).annotate(...)`` fan-out: each shard's groups, merged, then ordered."""
+        clone = self._chain()
+        clone.query.clear_ordering(force=True)
+        clone.query.clear_limits()
+        per_shard: dict[str, Any] = {}
+        merges = {}
+        for name, (aggregate, default) in self._aggregates().items():
+            aggregate = copy.copy(aggregate)
+            aggregate.default = default
+            merges[name] = self._split_aggregate(name, aggregate, per_shard)
+        selected = getattr(clone.query, "selected", None) or {}  # Django 5.2 and later.
+        for name, expression in per_shard.items():
+            clone.query.annotations.pop(name, None)
+            selected.pop(name, None)
+            clone.query.add_annotation(expression, name)
+        clone._iterable_class = ValuesIterable
+        names = [
+            name
+            for name in (*clone.query.values_select, *clone.query.annotation_select)
+            if name not in per_shard and name not in merges
+        ]
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for rows in clone._each(list, targets):
+            for row in rows:
+                groups.setdefault(tuple(row[name] for name in names), []).append(row)
+        merged = [
+            {
+                **dict(zip(names, values, strict=True)),
+                **{name: merge(parts) for name, merge in merges.items()},
+            }
+            for values, parts in groups.items()
+        ]
+        query = self.query
+        terms = []
+        for term in query.order_by:
+            if not isinstance(term, str) or (name := term.lstrip("-+")) not in (*names, *merges):
+                raise CrossShardError(
+                    f"{self.model._meta.label}: groups merged from several shards can be "
+                    f"ordered by the values and aggregates they select only, not {term!r}."
+                )
+            terms.append((name, term.startswith("-") != (not query.standard_ordering)))
+        if query.is_sliced and not terms:
+            raise CrossShardError(
+                f"{self.model._meta.label}: a slice of groups merged from several shards needs "
+                "an order_by(), or the groups it returns would depend on the shards' timing."
+            )
+        if terms:
+            nulls_first = vendors.of(connections[targets[0]]).nulls_first
+            merged.sort(
+                key=lambda row: tuple(
+                    _SortValue(row[name], descending, nulls_first) for name, descending in terms
+                )
+            )
+        if query.is_sliced:
+            merged = merged[query.low_mark : query.high_mark]
+        return [self._shape_group(row) for row in merged]
+
+    def _shape_group(self, row: dict[str, Any]) -> Any:
+        """A merged group as values() or values_list() gives it."""
+        query = self.query
+        names = [*query.values_select, *query.annotation_select]
+        iterable = self._iterable_class
+        if iterable is ValuesIterable:
+            return {name: row[name] for name in names}
+        fields = [*self._fields, *(n for n in query.annotation_select if n not in self._fields)]
+        if iterable is FlatValuesListIterable:
+            return row[fields[0]]
+        if iterable is ValuesListIterable:
+            return tuple(row[name] for name in fields or names)
+        raise CrossShardError(
+            f"{self.model._meta.label}: values_list(named=True) over several shards is "
+            "not supported; use values(), or filter on the shard key."
+        )
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[M]:
         targets = self._targets()
         if len(targets) == 1:
             return models.QuerySet.iterator(self._on(targets[0]), chunk_size)
         self._check_fan_out()
+        if self._aggregates():  # Every group must be merged before the first is known.
+            return iter(self._merge_groups(targets))
         per_shard, shape, names = self._per_shard()
         streams = [per_shard._on(alias).iterator(chunk_size) for alias in targets]
         return self._merge(targets, streams, shape, names)
@@ -367,7 +465,7 @@ class ShardedQuerySet(models.QuerySet[M]):
         targets = self._targets()
         if len(targets) > 1 and self.query.is_sliced:
             return len(self._chain())  # The slice is of the merged rows.
-        if len(targets) > 1 and self.query.distinct:
+        if len(targets) > 1 and (self.query.distinct or self._aggregates()):
             # A row may be on several shards. Like Django's count(), ignore the ordering.
             return len(self.order_by())
         return sum(self._each(models.QuerySet.count, targets))
@@ -403,10 +501,10 @@ class ShardedQuerySet(models.QuerySet[M]):
         targets = self._targets()
         if len(targets) == 1:
             return models.QuerySet.aggregate(self._on(targets[0]), **kwargs)
-        if self.query.is_sliced or self.query.distinct:
+        if self.query.is_sliced or self.query.distinct or self.query.group_by is not None:
             raise CrossShardError(
-                f"{self.model._meta.label}: aggregate() over a slice or distinct() of several "
-                "shards cannot be merged; filter on the shard key."
+                f"{self.model._meta.label}: aggregate() over a slice, distinct() or annotate() "
+                "of several shards cannot be merged; filter on the shard key."
             )
         per_shard: dict[str, Any] = {}
         merges: dict[str, Callable[[list[dict[str, Any]]], Any]] = {}
@@ -466,9 +564,11 @@ class ShardedQuerySet(models.QuerySet[M]):
     def _counts_key(self, aggregate: Any) -> bool:
         key = shard_key(self.model)
         sources = aggregate.source_expressions
-        if key is None or len(sources) != 1 or not isinstance(sources[0], F):
+        if key is None or len(sources) != 1:
             return False
-        return sources[0].name in (key.field.name, key.attname)
+        if isinstance(sources[0], Col):  # Resolved: a values().annotate() aggregate.
+            return bool(sources[0].target.column == key.field.column)
+        return isinstance(sources[0], F) and sources[0].name in (key.field.name, key.attname)
 
     # --- Writes ---------------------------------------------------------------------------------
 
