@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import connections, router
+from django.db import IntegrityError, connections, router
 from django.db.models import Avg, Count, Max, Min, Q, StdDev, Sum
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
@@ -167,7 +167,7 @@ def test_related_managers_and_for_key_route_to_the_key() -> None:
         assert [order.id for order in customer.order_set.all()] == [1, 2]
         assert Order.objects.filter(customer_id=1).count() == 2
         assert Order.objects.for_key(1).count() == 2
-        assert Order.objects.get(pk=1).customer == customer
+        assert Order.objects.filter(customer=1).get(pk=1).customer == customer
     assert set(queries.aliases) == {customer._state.db}
 
 
@@ -453,6 +453,49 @@ def test_what_a_fan_out_cannot_answer_is_refused() -> None:
         Order.objects.order_by("id")[:2].aggregate(Sum("total"))
 
 
+def test_raw_and_extra_run_on_one_database_only() -> None:
+    customers()
+    with pytest.raises(dbfleet.CrossShardError, match=r"on_shard\(alias\).raw"):
+        Customer.objects.raw("SELECT * FROM shop_customer")
+    on_books = Customer.objects.on_shard("books").raw("SELECT * FROM shop_customer")
+    assert {c.id for c in on_books} == set(
+        Customer.objects.on_shard("books").values_list("id", flat=True)
+    )
+    Product.objects.create(id=1, name="pen")
+    with capture_queries() as queries:
+        assert [p.name for p in Product.objects.raw("SELECT * FROM shop_product")] == ["pen"]
+    assert queries.aliases == ["books"]
+    with pytest.raises(dbfleet.CrossShardError, match="extra"):
+        list(Customer.objects.extra(where=["1 = 1"]))
+    with pytest.raises(dbfleet.CrossShardError, match="extra"):
+        list(Customer.objects.extra(select={"one": "1"}))
+    assert Customer.objects.filter(id=2).extra(select={"one": "1"}).get().one == 1  # type: ignore[attr-defined]
+
+
+def test_a_join_to_a_model_no_shard_holds_whole_is_refused() -> None:
+    customers()
+    Order.objects.create(id=1, customer_id=1, status="paid", total=1)
+    # Customer a reference model: orders may join it, but not it orders (each shard has some).
+    reference = {"customers": {**FLEET["SHARDS"]["customers"], "keys": {"shop.Order": "customer"}}}
+    reference["customers"]["reference"] = ["shop.Customer", "shop.Product"]
+    with override_settings(DBFLEET={"SHARDS": reference}):
+        with pytest.raises(dbfleet.CrossShardError, match="joins shop.Order.*reference model"):
+            list(Customer.objects.filter(order__status="paid"))
+        joined = Order.objects.on_shard(dbfleet.shard_for(Order, 1)).select_related("customer")
+        assert [order.customer.name for order in joined] == ["c1"]
+    # Customer in no group: no shard holds it.
+    alone = {"customers": {**reference["customers"], "reference": ["shop.Product"]}}
+    with override_settings(DBFLEET={"SHARDS": alone}):
+        with pytest.raises(dbfleet.CrossShardError, match="joins shop.Customer.*co-located"):
+            list(Order.objects.filter(customer__name="c1"))
+        with pytest.raises(dbfleet.CrossShardError, match="joins shop.Customer"):
+            Order.objects.filter(customer=1).select_related("customer").get()
+        with pytest.raises(dbfleet.CrossShardError, match="joins shop.Customer"):
+            list(Order.objects.select_related())
+    # Co-located: one shard answers.
+    assert Order.objects.select_related("customer").get(customer__name="c1").customer.name == "c1"
+
+
 # --- Reference models and migrations -----------------------------------------------------------
 
 
@@ -474,6 +517,77 @@ def test_reference_writes_go_to_every_copy_and_reads_to_one() -> None:
     with capture_queries() as queries:
         assert Product.objects.count() == 2
     assert queries.aliases == [SHARDS[0]]
+
+
+def test_a_reference_instance_saves_and_deletes_every_copy() -> None:
+    pen = Product(id=1, name="pen")
+    pen.save()
+    assert copies() == [[(1, "pen")]] * 2
+    assert pen._state.db == SHARDS[0]
+    pen = Product.objects.get(id=1)
+    pen.name = "quill"
+    with capture_queries() as queries:
+        pen.save()
+    assert set(queries.aliases) == set(SHARDS)
+    assert copies() == [[(1, "quill")]] * 2
+    pen.name = "one copy"
+    pen.save(using=SHARDS[1])  # Named: that copy only.
+    assert copies() == [[(1, "quill")], [(1, "one copy")]]
+    assert pen.delete() == (1, {"shop.Product": 1})
+    assert copies() == [[], []]
+    assert pen.pk is None
+
+
+def test_a_failed_copy_leaves_every_copy_as_it_was() -> None:
+    Product.objects.create(id=1, name="pen")
+    Product.objects.on_shard(SHARDS[1]).filter(id=1).delete()
+    Product.objects.on_shard(SHARDS[1]).create(id=2, name="in the way")
+    clash = Product(id=2, name="clash")
+    with pytest.raises(IntegrityError):
+        clash.save(force_insert=True)  # The second copy refuses: the first rolls back.
+    assert copies() == [[(1, "pen")], [(2, "in the way")]]
+
+
+def test_changing_the_key_of_a_saved_row_is_refused() -> None:
+    customers()
+    order = Order.objects.create(id=1, customer_id=1, status="paid", total=1)
+    order.customer_id = 2
+    with pytest.raises(dbfleet.CrossShardError, match="changed from 1 to 2"):
+        order.save()
+    loaded = Order.objects.get(id=1)
+    home = loaded._state.db
+    far = next(c for c in range(2, 7) if dbfleet.shard_for(Customer, c) != home)
+    with pytest.raises(ValueError, match="prevents this relation"):  # Django's own check.
+        loaded.customer = Customer.objects.get(id=far)
+    # On the same shard, the key is still refused: the row's slot would not be its key's.
+    near = next(c for c in range(2, 100) if dbfleet.shard_for(Customer, c) == home)
+    loaded.customer = Customer.objects.get_or_create(id=near, defaults={"name": "n"})[0]
+    with pytest.raises(dbfleet.CrossShardError, match="shard key 'customer'"):
+        loaded.save()
+    loaded.customer_id = 1  # Back to its own key: saved where it lives.
+    loaded.status = "sent"
+    loaded.save()
+    assert Order.objects.get(customer=1).status == "sent"
+    fresh = Order(id=2, customer_id=5, status="new", total=1)
+    fresh.customer_id = 6  # Not saved yet: any key will do.
+    fresh.save()
+    assert Order.objects.get(customer=6).id == 2
+
+
+def test_an_instance_is_an_atomic_target_and_a_second_shard_is_guarded() -> None:
+    customers()
+    one = Order.objects.create(id=1, customer_id=1, status="paid", total=1)
+    other = next(c for c in range(2, 7) if dbfleet.shard_for(Order, c) != one._state.db)
+    with override_settings(DBFLEET={**FLEET, "WRITE_GUARD": "raise"}):
+        with dbfleet.atomic(one):
+            assert connections[one._state.db].in_atomic_block
+            one.status = "sent"
+            one.save()
+            with pytest.raises(
+                dbfleet.WriteOutsideTransactionError, match="outside the transaction"
+            ):
+                Order.objects.create(id=2, customer_id=other, status="new", total=1)
+    assert Order.objects.get(id=1).status == "sent"
 
 
 def test_sharded_and_reference_models_migrate_on_every_database_of_their_group() -> None:

@@ -12,7 +12,7 @@ from django.db import connections, models, router
 from dbfleet.conf import ANSWERS, clears_on_reset, get_topology
 from dbfleet.replicas.choice import READS
 from dbfleet.replicas.scopes import use_primary
-from dbfleet.sharding.slots import database_of, shard_key
+from dbfleet.sharding.slots import database_of, refuse_key_change, shard_key
 from dbfleet.topology import owner_label
 
 
@@ -103,6 +103,8 @@ def _shard_for_write(model: type[models.Model], instance: models.Model | None) -
     if shard_key(model) is None:
         # A reference model: the copy it was read from, else the group's first.
         return instance._state.db or ANSWERS[model]
+    if type(instance) is model:  # Not a related instance's hint (a related manager's add()).
+        refuse_key_change(instance)
     return database_of(instance)
 
 

@@ -14,6 +14,7 @@ query is refused with :class:`~dbfleet.CrossShardError` saying what to add.
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import itertools
 import operator
@@ -23,18 +24,24 @@ from decimal import Decimal
 from functools import total_ordering
 from typing import Any, TypeVar
 
+from django.apps import apps
 from django.db import connections, models
-from django.db.models import Avg, Count, F, Max, Min, Sum
+from django.db.models import Avg, Count, F, Max, Min, Sum, signals
 from django.db.models.expressions import Col
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import Exact, In
-from django.db.models.query import FlatValuesListIterable, ValuesIterable, ValuesListIterable
-from django.db.models.sql.where import AND, OR, WhereNode
+from django.db.models.query import (
+    FlatValuesListIterable,
+    RawQuerySet,
+    ValuesIterable,
+    ValuesListIterable,
+)
+from django.db.models.sql.where import AND, OR, ExtraWhere, WhereNode
 
 from dbfleet import vendors
-from dbfleet.conf import get_topology
+from dbfleet.conf import clears_on_reset, get_topology
 from dbfleet.exceptions import CrossShardError, ShardKeyRequired
-from dbfleet.sharding.slots import ShardKey, database_of, shard_key
+from dbfleet.sharding.slots import KEY_SEEN, ShardKey, database_of, shard_key
 from dbfleet.topology import ShardGroup
 from dbfleet.transactions import atomic
 
@@ -85,6 +92,55 @@ def _split_in(node: WhereNode, key: ShardKey, alias: str, database: str) -> Wher
     return clone
 
 
+_LOCAL_TABLES: dict[tuple[str, bool], frozenset[str]] = {}
+clears_on_reset(_LOCAL_TABLES.clear)
+
+
+def _local_tables(group: ShardGroup, reference_only: bool) -> frozenset[str]:
+    """The tables a query of the group can join on a shard: co-located, or copied to each.
+
+    A reference model's rows are whole on every database, but a sharded model's
+    are not: a reference query joins reference tables only.
+    """
+    try:
+        return _LOCAL_TABLES[group.name, reference_only]
+    except KeyError:
+        pass
+    labels = set(group.reference) if reference_only else {*group.keys, *group.reference}
+    tables = set()
+    for model in apps.get_models(include_auto_created=True):
+        meta = model._meta
+        ends: list[Any] = [field.related_model for field in meta.local_fields if field.is_relation]
+        if meta.label_lower in labels or (
+            meta.auto_created and all(end._meta.label_lower in labels for end in ends)
+        ):
+            tables.add(meta.db_table)
+    found = _LOCAL_TABLES[group.name, reference_only] = frozenset(tables)
+    return found
+
+
+def _selected_related(meta: Any, select_related: Any, depth: int) -> Iterator[Any]:
+    """The models ``select_related`` joins (``True``: every non-null foreign key, as Django)."""
+    if select_related is True:
+        if depth <= 0:
+            return
+        for field in meta.concrete_fields:
+            if field.is_relation and not field.null:
+                yield field.related_model
+                yield from _selected_related(field.related_model._meta, True, depth - 1)
+        return
+    for name, more in (select_related or {}).items():
+        related = meta.get_field(name).related_model
+        yield related
+        yield from _selected_related(related._meta, more, depth)
+
+
+def _has_extra_where(node: Any) -> bool:
+    if isinstance(node, ExtraWhere):
+        return True
+    return isinstance(node, WhereNode) and any(_has_extra_where(c) for c in node.children)
+
+
 @total_ordering
 class _SortValue:
     """One ORDER BY value, compared as the database compares it (direction and NULLs)."""
@@ -129,8 +185,40 @@ class ShardedQuerySet(models.QuerySet[M]):
         pinned: str | None = self._db
         return pinned
 
+    def _check_joins(self, group: ShardGroup) -> None:
+        """Refuse a join that a shard cannot answer: to a model that is not on it whole."""
+        key = shard_key(self.model)
+        local = _local_tables(group, reference_only=key is None)
+        query = self.query
+        joined = [
+            model._meta.label
+            for model in _selected_related(self.model._meta, query.select_related, query.max_depth)
+            if model._meta.db_table not in local
+        ]
+        tables = {model._meta.db_table: model._meta.label for model in apps.get_models()}
+        joined += [
+            tables.get(join.table_name, join.table_name)
+            for join in query.alias_map.values()
+            if join.table_name not in local
+        ]
+        if not joined:
+            return
+        if key is None:
+            why = "it is a reference model, whose queries can join other reference models only"
+        else:
+            why = (
+                f"only models of shard group {group.name!r} (co-located by their key) and its "
+                "reference models are on each shard"
+            )
+        raise CrossShardError(
+            f"{self.model._meta.label}: this query joins {', '.join(dict.fromkeys(joined))}, "
+            f"which the shard it runs on does not hold whole: {why}. Query the other model "
+            "apart (its own manager routes it), or add it to the group."
+        )
+
     def _targets(self) -> list[str]:
         """The databases this query must run on, in the group's order."""
+        self._check_joins(self._group())
         pinned = self._pinned()
         if pinned is not None:
             return [pinned]
@@ -342,6 +430,17 @@ class ShardedQuerySet(models.QuerySet[M]):
             raise CrossShardError(
                 f"{self.model._meta.label}: select_for_update() cannot lock rows on several "
                 "shards at once; filter on the shard key, or use for_key()."
+            )
+        query = self.query
+        if (
+            query.extra
+            or query.extra_tables
+            or query.extra_order_by
+            or _has_extra_where(query.where)
+        ):
+            raise CrossShardError(
+                f"{self.model._meta.label}: extra() SQL cannot be merged over several shards; "
+                "run it on one with on_shard() or for_key(), or write it with expressions."
             )
         if self.query.where.contains_aggregate:
             raise CrossShardError(
@@ -570,6 +669,20 @@ class ShardedQuerySet(models.QuerySet[M]):
             return bool(sources[0].target.column == key.field.column)
         return isinstance(sources[0], F) and sources[0].name in (key.field.name, key.attname)
 
+    def raw(
+        self, raw_query: Any, params: Any = (), translations: Any = None, using: str | None = None
+    ) -> RawQuerySet[M]:
+        """Raw SQL on one database: the pinned one, or a reference model's first copy."""
+        using = using or self._pinned()
+        if using is None:
+            if shard_key(self.model) is not None:
+                raise CrossShardError(
+                    f"{self.model._meta.label} is sharded and raw SQL runs on one database: "
+                    "say which with on_shard(alias).raw(...) or for_key(key).raw(...)."
+                )
+            using = self._group().databases[0]
+        return super().raw(raw_query, params, translations, using)
+
     # --- Writes ---------------------------------------------------------------------------------
 
     def _writing(self, targets: Sequence[str]) -> Any:
@@ -619,13 +732,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         self._for_write = True
         if self._pinned() is not None:
             instance.save(force_insert=True, using=self._pinned())
-        elif shard_key(self.model) is None:
-            databases = self._group().databases
-            with self._writing(databases):
-                for alias in reversed(databases):  # The first copy's last: it is read first.
-                    instance.save(force_insert=True, using=alias)
         else:
-            instance.save(force_insert=True)
+            instance.save(force_insert=True)  # A reference model's save() writes every copy.
         return instance
 
     def get_or_create(self, defaults: Any = None, **kwargs: Any) -> tuple[M, bool]:
@@ -685,5 +793,69 @@ def _unique(rows: Iterable[T]) -> Iterator[T]:
             yield row
 
 
+def _remember_key(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
+    """Note the shard key an instance was loaded or saved with: the router refuses a change."""
+    key = shard_key(sender)
+    if key is not None and key.attname in instance.__dict__:
+        instance.__dict__[KEY_SEEN] = instance.__dict__[key.attname]
+
+
+def _reference_group(model: type[models.Model]) -> ShardGroup | None:
+    """The shard group of a reference model; None for any other model."""
+    group = get_topology().shard_group_for(model)
+    return group if group is not None and shard_key(model) is None else None
+
+
+def _writes_every_copy(cls: type[models.Model]) -> None:
+    """Make ``save()`` and ``delete()`` of a reference model write every copy, in one atomic.
+
+    Only when no database is named: ``save(using=alias)`` writes that copy only.
+    Signals are sent once per copy.
+    """
+    save, delete = cls.save, cls.delete
+    if getattr(save, "_fleet_copies", False):
+        return  # Inherited from a model that has them already.
+
+    @functools.wraps(save)
+    def save_copies(
+        self: models.Model, *args: Any, using: str | None = None, **kwargs: Any
+    ) -> None:
+        group = _reference_group(type(self)) if using is None else None
+        if group is None:
+            return save(self, *args, using=using, **kwargs)
+        with atomic(*group.databases, two_phase=group.two_phase):
+            # The first copy last: it is the one reads use, and the instance says so.
+            for alias in reversed(group.databases):
+                save(self, *args, using=alias, **kwargs)
+        return None
+
+    @functools.wraps(delete)
+    def delete_copies(
+        self: models.Model, using: str | None = None, *args: Any, **kwargs: Any
+    ) -> tuple[int, dict[str, int]]:
+        group = _reference_group(type(self)) if using is None else None
+        if group is None:
+            deleted: tuple[int, dict[str, int]] = delete(self, using, *args, **kwargs)
+            return deleted
+        pk, answers = self.pk, []
+        with atomic(*group.databases, two_phase=group.two_phase):
+            for alias in group.databases:
+                self.pk = pk  # Django clears it once the row is deleted.
+                answers.append(delete(self, alias, *args, **kwargs))
+        return answers[0]  # Every copy deleted the same rows.
+
+    save_copies._fleet_copies = True
+    cls.save = save_copies  # type: ignore[method-assign]
+    cls.delete = delete_copies  # type: ignore[method-assign]
+
+
 class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
     """The manager of sharded and reference models (``objects = dbfleet.ShardedManager()``)."""
+
+    def contribute_to_class(self, cls: type[models.Model], name: str) -> None:
+        super().contribute_to_class(cls, name)
+        if cls._meta.abstract:
+            return  # Its concrete models get a copy of this manager.
+        for signal in (signals.post_init, signals.post_save):
+            signal.connect(_remember_key, sender=cls, weak=False, dispatch_uid=KEY_SEEN)
+        _writes_every_copy(cls)

@@ -24,7 +24,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 
 from dbfleet.conf import clears_on_reset, get_topology
-from dbfleet.exceptions import ShardKeyRequired
+from dbfleet.exceptions import CrossShardError, ShardKeyRequired
 from dbfleet.topology import ShardGroup, owner_label
 
 #: Bits of a FleetIdField value, from the lowest: sequence, slot, milliseconds.
@@ -154,3 +154,21 @@ def database_of(instance: models.Model) -> str:
             f"instance has none: set {key.field.name!r} before saving it."
         )
     return key.database(value)
+
+
+#: Where an instance keeps the shard key it was loaded or saved with.
+KEY_SEEN = "_dbfleet_key_seen"
+
+
+def refuse_key_change(instance: models.Model) -> None:
+    """Raise CrossShardError if a saved instance's shard key is not the one it was saved with."""
+    key = shard_key(type(instance))
+    if key is None or instance._state.adding or KEY_SEEN not in instance.__dict__:
+        return
+    before, now = instance.__dict__[KEY_SEEN], getattr(instance, key.attname)
+    if before is not None and key.target.to_python(before) != key.target.to_python(now):
+        raise CrossShardError(
+            f"{type(instance)._meta.label} {instance.pk!r}: its shard key {key.field.name!r} "
+            f"changed from {before!r} to {now!r}, and a saved row stays where its key put it. "
+            "Create it anew under the new key and delete the old one."
+        )
