@@ -361,9 +361,50 @@ PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
         fleet(SHARDS={"g": {"databases": ["default"], "keys": {"library.Book": "id"}}}),
         set(),
     ),
+    (
+        CheckId.SHARD_UNKNOWN_MODEL_OR_KEY,
+        fleet(SHARDS={"g": {"databases": ["default"], "keys": {"shop.Customer": "nope"}}}),
+        set(),
+    ),
+    (
+        CheckId.SHARDED_WITHOUT_MANAGER,
+        fleet(SHARDS={"g": {"databases": ["default"], "reference": ["shop.TwinOrder"]}}),
+        set(),
+    ),
+    (
+        CheckId.SHARDED_AUTO_PRIMARY_KEY,
+        fleet(SHARDS={"g": {"databases": ["default"], "keys": {"library.Author": "id"}}}),
+        {CheckId.SHARDED_WITHOUT_MANAGER},  # Author has a plain manager.
+    ),
+    (
+        CheckId.SHARD_RELATION,
+        fleet(
+            SHARDS={
+                "g": {
+                    "databases": ["default"],
+                    "keys": {"shop.Customer": "id"},
+                    "reference": ["shop.Order"],
+                }
+            }
+        ),
+        set(),
+    ),
+    (
+        CheckId.UNIQUE_WITHOUT_SHARD_KEY,
+        fleet(
+            SHARDS={
+                "g": {
+                    "databases": ["default"],
+                    "keys": {"shop.Customer": "id", "shop.Order": "customer"},
+                }
+            }
+        ),
+        set(),
+    ),
 ]
 #: Checks that need a server or an engine set up for them: tested on their own.
 DATABASE_CHECKS = {
+    CheckId.SHARD_ENGINES_DIFFER,  # Two engines: the mixed configuration only.
     CheckId.NO_PREPARED_TRANSACTIONS,
     CheckId.REPLICA_ON_ANOTHER_SQLITE_FILE,
     CheckId.REPLICA_WITHOUT_CONNECT_TIMEOUT,
@@ -751,4 +792,49 @@ def test_e039_model_placed_twice() -> None:
 
 
 def test_a_valid_shard_group_is_silent() -> None:
-    assert shards(keys={"library.Author": "id"}, slots=8, two_phase=True) == []
+    keys = {"shop.Customer": "id"}
+    assert shards(keys=keys, reference=["shop.Product"], slots=8, two_phase=True) == []
+
+
+def test_e040_shard_group_names_an_unknown_model_or_key() -> None:
+    message = only(shards(keys={"shop.Customer": "idd"}), "dbfleet.E040")
+    assert message.hint is not None and "Did you mean 'id'?" in message.hint
+    message = only(shards(keys={"shop.Nope": "id"}), "dbfleet.E040")
+    assert "'shop.nope', which is not installed" in message.msg
+    message = only(shards(reference=["shop.Nope"]), "dbfleet.E040")
+
+
+def test_e041_sharded_without_manager() -> None:
+    message = only(shards(reference=["shop.TwinOrder"]), "dbfleet.E041")
+    assert "'objects' is a Manager" in message.msg
+    assert message.hint == "Give it objects = dbfleet.ShardedManager() (first, if it has several)."
+
+
+@pytest.mark.skipif(
+    ENGINES["default"] == ENGINES["books"], reason="needs two engines (the mixed configuration)"
+)
+def test_e042_shard_engines_differ() -> None:
+    with override_settings(DBFLEET={"SHARDS": {"g": {"databases": ["default", "books"]}}}):
+        message = only(run_checks(tags=["dbfleet"]), "dbfleet.E042")
+    assert f"default ({connections['default'].vendor})" in message.msg
+
+
+def test_e043_sharded_auto_primary_key() -> None:
+    messages = shards(keys={"library.Author": "id"})
+    message = next(m for m in messages if m.id == "dbfleet.E043")
+    assert "library.Author is sharded" in message.msg
+    assert message.hint is not None and "FleetIdField(primary_key=True)" in message.hint
+
+
+def test_e044_shard_relation() -> None:
+    message = only(shards(keys={"shop.Customer": "id"}, reference=["shop.Order"]), "dbfleet.E044")
+    assert "shop.Order.customer: a reference model" in message.msg
+    messages = shards(keys={"shop.Order": "customer"})
+    message = next(m for m in messages if m.id == "dbfleet.E044")
+    assert "its target shop.Customer lives in 'default'" in message.msg
+    assert message.hint is not None and "db_constraint=False" in message.hint
+
+
+def test_w010_unique_without_shard_key() -> None:
+    message = only(shards(keys={"shop.Customer": "id", "shop.Order": "customer"}), "dbfleet.W010")
+    assert "shop.Order: id is unique on each shard only" in message.msg

@@ -125,6 +125,27 @@ class CheckId(StrEnum):
         "dbfleet.E039",
         "a model is in two shard groups, sharded and reference at once, or in `ROUTES` too",
     )
+    SHARD_UNKNOWN_MODEL_OR_KEY = (
+        "dbfleet.E040",
+        "a shard group names a model that is not installed, or a key field the model does not have",
+    )
+    SHARDED_WITHOUT_MANAGER = (
+        "dbfleet.E041",
+        "a sharded or reference model's default manager is not a `dbfleet.ShardedManager`",
+    )
+    SHARD_ENGINES_DIFFER = (
+        "dbfleet.E042",
+        "the databases of one shard group are on different engines",
+    )
+    SHARDED_AUTO_PRIMARY_KEY = (
+        "dbfleet.E043",
+        "a sharded model has an auto-increment primary key (each shard counts on its own)",
+    )
+    SHARD_RELATION = (
+        "dbfleet.E044",
+        "a foreign key from a sharded or reference model to a model of another group (with a "
+        "constraint), or from a reference model to a sharded one",
+    )
     REPLICA_MIRRORS_ANOTHER_DATABASE = (
         "dbfleet.W001",
         'a replica\'s `TEST["MIRROR"]` names another database than its primary',
@@ -165,4 +186,9 @@ class CheckId(StrEnum):
     MIGRATIONS_UNKNOWN = (
         "dbfleet.W009",
         "a database could not be reached to look for unapplied migrations (database check)",
+    )
+    UNIQUE_WITHOUT_SHARD_KEY = (
+        "dbfleet.W010",
+        "a unique field or constraint of a sharded model leaves out its shard key (unique per "
+        "shard only)",
     )

@@ -10,6 +10,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import FieldDoesNotExist
 from django.core.management.commands import migrate
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router
 from django.db.migrations.recorder import MigrationRecorder
@@ -22,7 +23,8 @@ from dbfleet.migrating.lint import Kind, disk_migrations, lint
 from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.replicas import Health, replica_health
 from dbfleet.routing import Router, relations
-from dbfleet.topology import Topology, split_route_key
+from dbfleet.sharding.query import ShardedManager
+from dbfleet.topology import ShardGroup, Topology, split_route_key
 
 TAG = "dbfleet"
 
@@ -153,8 +155,8 @@ def check_relations(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
     topology = get_topology()
     errors: list[CheckMessage] = []
     for model in apps.get_models():
-        if model._meta.proxy:
-            continue
+        if model._meta.proxy or topology.shard_group_for(model) is not None:
+            continue  # A sharded or reference model's relations: check_shard_models.
         here = topology.database_for_model(model)
         for field, related in relations(model):
             there = topology.database_for_model(related)
@@ -440,3 +442,161 @@ def check_unapplied_migrations(
                     )
                 )
     return found
+
+
+@register(TAG, Tags.models)
+def check_shard_models(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E040-E044, W010: each shard group's engines, and its models' keys, managers and fields."""
+    errors: list[CheckMessage] = []
+    for group in get_topology().shard_groups.values():
+        where = f'DBFLEET["SHARDS"][{group.name!r}]'
+        engines = {alias: connections[alias].vendor for alias in group.databases}
+        if len(set(engines.values())) > 1:
+            listed = ", ".join(f"{alias} ({vendor})" for alias, vendor in engines.items())
+            errors.append(
+                Error(
+                    f"{where} puts one model's rows on different engines: {listed}.",
+                    hint="A shard group runs the same SQL on each database and merges the "
+                    "answers: give it databases of one engine.",
+                    obj=OBJ,
+                    id=CheckId.SHARD_ENGINES_DIFFER,
+                )
+            )
+        for label in sorted({*group.keys, *group.reference}):
+            try:
+                model = apps.get_model(label)
+            except (LookupError, ValueError):
+                errors.append(
+                    Error(
+                        f"{where} names model {label!r}, which is not installed.",
+                        hint='Name models as "app_label.ModelName", of an app in INSTALLED_APPS.',
+                        obj=OBJ,
+                        id=CheckId.SHARD_UNKNOWN_MODEL_OR_KEY,
+                    )
+                )
+                continue
+            errors += _check_shard_model(group, model, where)
+    return errors
+
+
+def _check_shard_model(
+    group: ShardGroup, model: type[models.Model], where: str
+) -> list[CheckMessage]:
+    meta = model._meta
+    errors: list[CheckMessage] = []
+    if not isinstance(model._default_manager, ShardedManager):
+        errors.append(
+            Error(
+                f"{meta.label} is in shard group {group.name!r}, and its default manager "
+                f"{model._default_manager.name!r} is a {type(model._default_manager).__name__}: "
+                "its queries would run on one database, whatever their key.",
+                hint="Give it objects = dbfleet.ShardedManager() (first, if it has several).",
+                obj=model,
+                id=CheckId.SHARDED_WITHOUT_MANAGER,
+            )
+        )
+    key_name = group.keys.get(meta.label_lower)
+    if key_name is None:  # A reference model: a full copy on every database of the group.
+        key = None
+    else:
+        try:
+            key = meta.get_field(key_name)
+        except FieldDoesNotExist:
+            key = None
+        if key is None or not key.concrete or key.many_to_many:
+            names = [field.name for field in meta.concrete_fields]
+            errors.append(
+                Error(
+                    f'{where}["keys"][{meta.label!r}] is {key_name!r}, which is not a field '
+                    f"of {meta.label} with a column.",
+                    hint=f"Name one of its fields: {', '.join(names)}."
+                    + did_you_mean(key_name, names),
+                    obj=model,
+                    id=CheckId.SHARD_UNKNOWN_MODEL_OR_KEY,
+                )
+            )
+            return errors
+        if isinstance(meta.pk, models.AutoField | models.BigAutoField | models.SmallAutoField):
+            errors.append(
+                Error(
+                    f"{meta.label} is sharded and its primary key {meta.pk.name!r} is "
+                    "auto-incremented: each shard counts on its own, and their ids collide.",
+                    hint="Use id = dbfleet.FleetIdField(primary_key=True): unique on every "
+                    "shard, and it carries the row's slot.",
+                    obj=meta.pk,
+                    id=CheckId.SHARDED_AUTO_PRIMARY_KEY,
+                )
+            )
+        errors += _unique_without_key(model, key)
+    errors += _shard_relations(group, model, sharded=key is not None)
+    return errors
+
+
+def _unique_without_key(model: type[models.Model], key: Any) -> list[CheckMessage]:
+    """W010: what is unique per shard only (a FleetIdField is unique everywhere)."""
+    meta = model._meta
+    uniques: list[tuple[str, tuple[str, ...]]] = [
+        (field.name, (field.name,))
+        for field in meta.concrete_fields
+        if field.unique and not getattr(field, "carries_slot", False)
+    ]
+    uniques += [(repr(tuple(names)), tuple(names)) for names in meta.unique_together]
+    uniques += [
+        (constraint.name, tuple(constraint.fields))
+        for constraint in meta.constraints
+        if isinstance(constraint, models.UniqueConstraint) and constraint.fields
+    ]
+    return [
+        Warning(
+            f"{meta.label}: {what} is unique on each shard only, since it leaves out the "
+            f"shard key {key.name!r}: two shards can hold the same value.",
+            hint=f"Add {key.name!r} to it, or use a dbfleet.FleetIdField (unique everywhere)"
+            " if it is the primary key.",
+            obj=model,
+            id=CheckId.UNIQUE_WITHOUT_SHARD_KEY,
+        )
+        for what, names in uniques
+        if key.name not in names and key.attname not in names
+    ]
+
+
+def _shard_relations(
+    group: ShardGroup, model: type[models.Model], sharded: bool
+) -> list[CheckMessage]:
+    """E044: what a shard cannot hold a foreign key's target for."""
+    topology = get_topology()
+    errors: list[CheckMessage] = []
+    for field, related in relations(model):
+        there = topology.shard_group_for(related)
+        if there is group:
+            if sharded or related._meta.label_lower in group.reference:
+                continue  # Co-located, or a copy on every shard.
+            problem = (
+                f"a reference model, copied to every shard, refers to {related._meta.label}, "
+                "whose rows are each on one shard"
+            )
+            fix = f"make {related._meta.label} a reference model too, or drop the relation"
+        elif not getattr(field, "db_constraint", True):
+            continue  # Soft, and assigned by id: the router still keeps each side apart.
+        else:
+            home = (
+                f"shard group {there.name!r}"
+                if there
+                else repr(topology.database_for_model(related))
+            )
+            problem = f"its target {related._meta.label} lives in {home}, not on these shards"
+            fix = (
+                f"make {related._meta.label} a reference model of {group.name!r}, or make the "
+                "relation soft with db_constraint=False (and assign it by id)"
+            )
+        errors.append(
+            Error(
+                f"{model._meta.label}.{field.name}: {problem}.",
+                hint=f"A shard holds its own rows and the group's reference models only: {fix}.",
+                obj=field,
+                id=CheckId.SHARD_RELATION,
+            )
+        )
+    return errors
