@@ -29,6 +29,8 @@ BENCHMARKS = {
     "migrate": "bench.migrate",
     "replicas": "bench.replicas",
     "transactions": "bench.transactions",
+    "sharding": "bench.sharding",
+    "fleet_ids": "bench.fleet_ids",
 }
 
 

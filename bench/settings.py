@@ -47,8 +47,29 @@ DATABASES.update(
         for alias in TRANSACTION_ALIASES
     }
 )
+#: The sharding benchmark's PostgreSQL databases: a shard group of eight, and one more
+#: that holds every row of the group (created, filled and dropped by the benchmark).
+#: The shards keep their connections (CONN_MAX_AGE), as in production; the same eight
+#: databases under a second set of aliases have Django's default, CONN_MAX_AGE = 0.
+SHARD_ALIASES = tuple(f"shard{index}" for index in range(8))
+SHARD_ALIASES_AGE_0 = tuple(f"{alias}_age0" for alias in SHARD_ALIASES)
+SHARD_ALL = "shard_all"
+DATABASES.update(
+    {
+        alias: dict(
+            dj_database_url.parse(f"{POSTGRES_URL}/dbfleet_bench_{alias}"), CONN_MAX_AGE=600
+        )
+        for alias in (*SHARD_ALIASES, SHARD_ALL)
+    }
+)
+DATABASES.update(
+    {
+        again: dict(dj_database_url.parse(f"{POSTGRES_URL}/dbfleet_bench_{alias}"))
+        for alias, again in zip(SHARD_ALIASES, SHARD_ALIASES_AGE_0, strict=True)
+    }
+)
 DATABASE_ROUTERS: list[str] = []
-INSTALLED_APPS = ["dbfleet", "bench.bookshop", "bench.manymodels"]
+INSTALLED_APPS = ["dbfleet", "bench.bookshop", "bench.manymodels", "bench.shardshop"]
 SECRET_KEY = "dbfleet-bench"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,11 +1,13 @@
 """The bookstore example runs end to end and leaves each table only where it is routed.
 
 The demo runs in a subprocess, as a user runs it, so nothing here uses the test
-databases; the rows are counted by opening each database directly.
+databases; the rows are counted by opening each database directly. Its last
+steps run the shop example (examples/shop): a sharded model on four SQLite files.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sqlite3
@@ -13,15 +15,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import closing
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dbfleet.sharding.slots import hash_slot
 from tests.servers import SERVER_URLS, recreate, server_connection
 from tests.settings import CONFIGURATION, ENGINES, PREFIX
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "bookstore" / "demo.py"
+SHOP_DEMO = DEMO.parent.parent / "shop" / "demo.py"
 ALIASES = ("default", "books")
 Counts = dict[str, int | None]
 # Author lives in default and Book in books; None: the table does not exist there.
@@ -35,6 +40,9 @@ LIST_TABLES = {
     "WHERE table_schema = current_schema()",
     "mysql": "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 }
+SHARDS = ("shard0", "shard1", "shard2", "shard3")
+#: The shop demo's customers; each has three orders, ids customer * 100 + 1 ... 3.
+CUSTOMERS = range(1, 9)
 
 
 def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
@@ -45,6 +53,7 @@ def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
         if not key.startswith("BOOKSTORE_") and key != "DJANGO_SETTINGS_MODULE"
     }
     env["BOOKSTORE_DATA_DIR"] = str(data_dir)
+    env["SHOP_DATA_DIR"] = str(data_dir / "shop")
     env["PYTHONWARNINGS"] = "error::DeprecationWarning,error::PendingDeprecationWarning"
     for alias, url in (urls or {}).items():
         env[f"BOOKSTORE_{alias.upper()}_URL"] = url
@@ -56,10 +65,58 @@ def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
+def home(customer: int) -> str:
+    """The shard of a customer, worked out here: 1024 slots in four equal ranges."""
+    return SHARDS[hash_slot(customer, 1024) * len(SHARDS) // 1024]
+
+
+def shop_files(data_dir: Path) -> dict[str, tuple[list[int], list[int]]]:
+    """``{shard: (customer ids, order customer ids)}``, read from each SQLite file directly."""
+    found = {}
+    for alias in SHARDS:
+        path = data_dir / "shop" / f"{alias}.sqlite3"
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
+            customers = sorted(key for (key,) in connection.execute("SELECT id FROM shop_customer"))
+            orders = sorted(
+                key for (key,) in connection.execute("SELECT customer_id FROM shop_order")
+            )
+        found[alias] = customers, orders
+    return found
+
+
+def expected_shop_files() -> dict[str, tuple[list[int], list[int]]]:
+    return {
+        alias: (
+            [key for key in CUSTOMERS if home(key) == alias],
+            sorted(key for key in CUSTOMERS for _ in range(3) if home(key) == alias),
+        )
+        for alias in SHARDS
+    }
+
+
+def shop_orders() -> list[tuple[int, int, Decimal, int]]:
+    """The orders the shop demo writes, read from the demo itself (without running it)."""
+    spec = importlib.util.spec_from_file_location("shop_demo", SHOP_DEMO)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    orders: list[tuple[int, int, Decimal, int]] = module.ORDERS
+    return orders
+
+
+def ran_on(output: str, call: str) -> list[str]:
+    """The databases the shop demo printed for ``call`` (its capture_queries() aliases)."""
+    match = re.search(
+        rf"^{re.escape(call)} +-> ran on ([\w, ]+) \(\d+ statements?\)$", output, re.M
+    )
+    assert match, f"no line for {call} in:\n{output}"
+    return match[1].split(", ")
+
+
 def printed_placement(output: str) -> dict[str, Counts]:
     """Read the demo's last step back into ``{alias: {table: rows or None}}``."""
     placement: dict[str, Counts] = {}
-    for line in output.partition("== 5.")[2].splitlines():
+    for line in output.partition("== 5.")[2].partition("== 8.")[0].splitlines():
         match = re.fullmatch(r"(\w+) \([^)]*\): (books_author: .*)", line)
         if match:
             parts = (part.split(": ") for part in match[2].split("; "))
@@ -132,6 +189,31 @@ def test_demo_runs_again_with_the_same_rows(tmp_path: Path) -> None:
         assert re.search(rf"^{alias} +sqlite +0 +0\.0 +up to date$", output, re.M), output
     assert printed_placement(output) == EXPECTED
     assert {alias: sqlite_counts(tmp_path / f"{alias}.sqlite3") for alias in ALIASES} == EXPECTED
+    assert shop_files(tmp_path) == expected_shop_files()
+
+
+def test_demo_shards_a_model_over_four_sqlite_files(tmp_path: Path) -> None:
+    output = run_demo(tmp_path).partition("\n== 8. Sharding")[2]
+    assert output, "the bookstore demo runs the shop demo as its step 8"
+
+    assert all(customers for customers, _ in expected_shop_files().values())  # On all four.
+    for key in CUSTOMERS:  # Each write on its key's shard only.
+        assert ran_on(output, f"Customer.objects.create(id={key})") == [home(key)]
+    assert ran_on(output, "Order.objects.bulk_create(24 orders)") == list(SHARDS)
+    assert ran_on(output, "Order.objects.filter(customer=4)") == [home(4)]
+    assert "3 orders of Edsger Dijkstra, whose rows are on " + home(4) + ": 401, 402, 403" in output
+    # The fan-outs: every shard, as capture_queries() saw them on the worker threads.
+    assert ran_on(output, 'Order.objects.order_by("-total")[:5]') == list(SHARDS)
+    top = re.findall(r"^ +([\d.]+)  order (\d+) of .* from (shard\d)$", output, re.M)
+    largest = sorted(shop_orders(), key=lambda order: order[2], reverse=True)[:5]
+    assert [(Decimal(total), int(order)) for total, order, _ in top] == [
+        (total, number) for number, _, total, _ in largest
+    ]
+    assert all(shard == home(int(order) // 100) for _, order, shard in top)
+    assert ran_on(output, "Order.objects.aggregate(Count, Sum, Avg)") == list(SHARDS)
+    assert "  24 orders, 1122.00 in all, 46.75 on average\n" in output
+    assert "As sharded: each customer and its orders in one file" in output
+    assert shop_files(tmp_path) == expected_shop_files()
 
 
 def test_demo_on_servers(tmp_path: Path, server_databases: dict[str, str]) -> None:
@@ -143,4 +225,5 @@ def test_demo_on_servers(tmp_path: Path, server_databases: dict[str, str]) -> No
             alias: server_counts(ENGINES[alias], f"{PREFIX}_example_{alias}") for alias in ALIASES
         }
         assert counts == EXPECTED
-    assert not list(tmp_path.iterdir()), "no SQLite file is made when both URLs are set"
+    # The shop's shards are SQLite files always, in their own directory.
+    assert not list(tmp_path.glob("*.sqlite3")), "no SQLite file is made when both URLs are set"

@@ -71,6 +71,7 @@ def test_json_lists_databases_and_every_model() -> None:
         "migrate": ["books"],
         "decided_by": 'ROUTES["library.Review"]',
         "crossings": [],
+        "shard": None,
     }
 
 
@@ -83,6 +84,67 @@ def test_relations_crossing_groups_are_marked_and_errors_announced() -> None:
     document = json.loads(fleet("routes", format="json")[0])
     (review,) = [entry for entry in document["models"] if entry["model"] == "library.Review"]
     assert review["crossings"] == [{"field": "book", "to": "library.Book", "database": "books"}]
+
+
+SHARDED = {
+    "ROUTES": {"library.Book": "default"},
+    "SHARDS": {
+        "customers": {
+            "databases": ["books", "loans"],
+            "keys": {"shop.Customer": "id", "shop.Order": "customer"},
+            "reference": ["shop.Product"],
+            "slots": 64,
+        }
+    },
+}
+
+
+@override_settings(DBFLEET=SHARDED)
+def test_sharded_and_reference_models_show_their_group_key_and_databases() -> None:
+    output, _ = fleet("routes")
+    (order,) = [line for line in output.splitlines() if line.startswith("shop.Order ")]
+    assert order.split() == [
+        "shop.Order",
+        *("books,", "loans") * 3,  # Read, written and migrated where its key lives.
+        'SHARDS["customers"],',
+        "by",
+        "key",
+        "customer",
+    ]
+    (product,) = [line for line in output.splitlines() if line.startswith("shop.Product ")]
+    assert product.split() == [
+        "shop.Product",
+        "books",  # The first copy.
+        *("books,", "loans") * 2,  # Written to every copy.
+        'SHARDS["customers"],',
+        "reference",
+        "(a",
+        "copy",
+        "on",
+        "each)",
+    ]
+    assert row(output, "library.Book")[1:] == [
+        "default",
+        "default",
+        "default",
+        'ROUTES["library.Book"]',
+    ]
+    models = {
+        entry["model"]: entry for entry in json.loads(fleet("routes", format="json")[0])["models"]
+    }
+    assert models["shop.Order"]["shard"] == {
+        "group": "customers",
+        "key": "customer",
+        "databases": ["books", "loans"],
+    }
+    assert models["shop.Customer"]["shard"]["key"] == "id"
+    assert models["shop.Product"]["shard"] == {
+        "group": "customers",
+        "key": None,
+        "databases": ["books", "loans"],
+    }
+    assert models["library.Book"]["shard"] is None
+    assert models["shop.Order"]["decided_by"] == 'SHARDS["customers"]'
 
 
 @override_settings(DATABASE_ROUTERS=["tests.routers.EverythingToDefault", "dbfleet.Router"])

@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "transactions": BASE | {"vendors", "routing", "replicas"},
     "migrating": BASE | {"routing", "vendors"},
     "checks": None,
-    "testing": BASE | {"replicas"},
+    "testing": BASE | {"replicas", "sharding"},
     "admin_transactions": BASE | {"transactions", "routing"},
     "reports": None,
     "management": None,

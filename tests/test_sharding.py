@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import IntegrityError, connections, router
+from django.db import DatabaseError, IntegrityError, connections, router
 from django.db.models import Avg, Count, Max, Min, Q, StdDev, Sum
+from django.db.models.expressions import RawSQL
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
 from hypothesis import HealthCheck, given
@@ -24,7 +25,9 @@ from hypothesis import strategies as st
 
 import dbfleet
 from dbfleet.conf import get_topology
+from dbfleet.migrating.plan import migratable_databases
 from dbfleet.routing import explain_migrate
+from dbfleet.sharding.query import close_fan_out_connections
 from dbfleet.sharding.slots import hash_slot, key_bytes, slot_of_id
 from dbfleet.testing import capture_queries
 from tests.settings import ENGINES
@@ -356,7 +359,8 @@ def compare_groups(low: int, size: int) -> None:
         assert list(sharded) == list(twin), ordering
         assert list(sharded[low : low + size]) == list(twin[low : low + size])
         assert sharded.count() == twin.count()
-        assert list(sharded.values_list("status", "n")) == list(twin.values_list("status", "n"))
+        pairs: Any = sharded.values_list("status", "n")  # django-stubs: "n" is no field.
+        assert list(pairs) == list(twin.values_list("status", "n"))  # type: ignore[misc]
     flat = Order.objects.values_list("quantity", flat=True).annotate(n=Count("id"))
     twin_flat = TwinOrder.objects.values_list("quantity", flat=True).annotate(n=Count("id"))
     assert sorted(flat, key=str) == sorted(twin_flat, key=str)
@@ -410,6 +414,83 @@ def test_fan_out_by_hand() -> None:
         3,
     )
     both_shards_used()
+
+
+def test_text_is_merged_in_the_order_of_its_engine() -> None:
+    """Case and accents: MariaDB's collation ignores case; PostgreSQL (C.UTF-8) and SQLite don't."""
+    customers()
+    words = ["paid", "Paid", "PAID", "été", "Zed", "zed", "apple", "Apple", "ab", "a b", "éclair"]
+    add_orders([(i % 6 + 1, word, Decimal(i), i) for i, word in enumerate(words)])
+    both_shards_used()
+    for ordering in (("status", "id"), ("-status", "id"), ("status", "-id")):
+        sharded, twin = Order.objects.order_by(*ordering), TwinOrder.objects.order_by(*ordering)
+        assert [o.id for o in sharded] == [o.id for o in twin], ordering
+        assert [o.id for o in sharded[2:7]] == [o.id for o in twin[2:7]], ordering
+        assert list(sharded.values_list("status", flat=True)) == list(
+            twin.values_list("status", flat=True)
+        )
+        assert list(sharded.values("id")[:4]) == list(twin.values("id")[:4])
+        assert [o.id for o in sharded.iterator(chunk_size=2)] == [o.id for o in twin]
+
+
+def test_instances_are_merged_by_an_annotation() -> None:
+    customers()
+    add_orders([(1, "new", Decimal(1), 1), (1, "new", Decimal(2), 1), (4, "paid", Decimal(3), 1)])
+    ranked = Customer.objects.annotate(n=Count("order")).order_by("-n", "id")
+    assert [(c.id, c.n) for c in ranked] == [(1, 2), (4, 1), (2, 0), (3, 0), (5, 0), (6, 0)]
+    assert [c.id for c in ranked[1:3]] == [4, 2]
+
+
+def test_a_shard_s_error_on_a_fan_out_thread_reaches_the_caller() -> None:
+    customers()
+    worker = SHARDS[1]  # The first database's part runs in the calling thread.
+    with connections[worker].schema_editor() as editor:
+        editor.alter_db_table(Customer, "shop_customer", "shop_customer_away")
+    try:
+        with pytest.raises(DatabaseError):
+            list(Customer.objects.all())
+        assert list(Customer.objects.on_shard(SHARDS[0]).values_list("id", flat=True))
+    finally:
+        with connections[worker].schema_editor() as editor:
+            editor.alter_db_table(Customer, "shop_customer_away", "shop_customer")
+    assert Customer.objects.count() == 6
+
+
+@pytest.mark.skipif(ENGINES["books"] != "postgres", reason="reads backend pids of PostgreSQL")
+def test_fan_out_threads_keep_connections_only_as_conn_max_age_says() -> None:
+    customers()
+    pids = Customer.objects.annotate(pid=RawSQL("pg_backend_pid()", ())).values_list(
+        "pid", flat=True
+    )
+
+    def worker_pid() -> int:
+        mine = connections[SHARDS[1]].cursor().connection.info.backend_pid
+        found = set(pids.all()) - {
+            mine,
+            connections[SHARDS[0]].cursor().connection.info.backend_pid,
+        }
+        assert len(found) == 1
+        return int(found.pop())
+
+    def alive(pid: int) -> bool:
+        with connections[SHARDS[0]].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+            return bool(cursor.fetchone()[0])
+
+    first = worker_pid()
+    assert worker_pid() != first  # CONN_MAX_AGE = 0: closed after each use.
+    assert not alive(first)
+    settings = connections[SHARDS[1]].settings_dict  # Shared by every thread's wrapper.
+    settings["CONN_MAX_AGE"] = None
+    try:
+        kept = worker_pid()
+        assert worker_pid() == kept
+        close_fan_out_connections()
+        assert not alive(kept)
+        assert worker_pid() != kept  # New threads, new connections.
+    finally:
+        settings["CONN_MAX_AGE"] = 0
+        close_fan_out_connections()
 
 
 def test_get_across_shards_needs_exactly_one_match() -> None:
@@ -469,7 +550,7 @@ def test_raw_and_extra_run_on_one_database_only() -> None:
         list(Customer.objects.extra(where=["1 = 1"]))
     with pytest.raises(dbfleet.CrossShardError, match="extra"):
         list(Customer.objects.extra(select={"one": "1"}))
-    assert Customer.objects.filter(id=2).extra(select={"one": "1"}).get().one == 1  # type: ignore[attr-defined]
+    assert Customer.objects.filter(id=2).extra(select={"one": "1"}).get().one == 1
 
 
 def test_a_join_to_a_model_no_shard_holds_whole_is_refused() -> None:
@@ -578,19 +659,17 @@ def test_an_instance_is_an_atomic_target_and_a_second_shard_is_guarded() -> None
     customers()
     one = Order.objects.create(id=1, customer_id=1, status="paid", total=1)
     other = next(c for c in range(2, 7) if dbfleet.shard_for(Order, c) != one._state.db)
-    with override_settings(DBFLEET={**FLEET, "WRITE_GUARD": "raise"}):
-        with dbfleet.atomic(one):
-            assert connections[one._state.db].in_atomic_block
-            one.status = "sent"
-            one.save()
-            with pytest.raises(
-                dbfleet.WriteOutsideTransactionError, match="outside the transaction"
-            ):
-                Order.objects.create(id=2, customer_id=other, status="new", total=1)
+    with override_settings(DBFLEET={**FLEET, "WRITE_GUARD": "raise"}), dbfleet.atomic(one):
+        assert connections[one._state.db].in_atomic_block
+        one.status = "sent"
+        one.save()
+        with pytest.raises(dbfleet.WriteOutsideTransactionError, match="outside the transaction"):
+            Order.objects.create(id=2, customer_id=other, status="new", total=1)
     assert Order.objects.get(id=1).status == "sent"
 
 
 def test_sharded_and_reference_models_migrate_on_every_database_of_their_group() -> None:
+    assert set(SHARDS) <= set(migratable_databases())  # fleet migrate runs on them.
     for model in (Order, Product):
         assert [alias for alias in connections if router.allow_migrate_model(alias, model)] == list(
             SHARDS

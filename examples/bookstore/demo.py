@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
+#: The sharded example: a project of its own, so it runs in a process of its own.
+SHOP_DEMO = HERE.parent / "shop" / "demo.py"
 TABLES = ("books_author", "books_book")
 AUTHORS = [("Jane", "Austen"), ("Herman", "Melville"), ("Toni", "Morrison")]
 BOOKS = [
@@ -278,6 +281,15 @@ def replicas() -> None:
         print(f"  in a new scope that has not written    -> read from {read_from()!r}")
 
 
+def sharding(first_step: int) -> None:
+    """Run the shop example: customers and orders sharded over four SQLite files."""
+    sys.stdout.flush()  # Its output follows this demo's, on the same stdout.
+    # Django is set up once per process, with one project's settings: the shop has its own.
+    shop = subprocess.run([sys.executable, str(SHOP_DEMO), "--first-step", str(first_step)])
+    if shop.returncode:
+        stop(f"The sharded part ({SHOP_DEMO.relative_to(HERE.parent)}) failed; see above.")
+
+
 def main() -> None:
     """Run the demo's steps in order."""
     setup()
@@ -299,6 +311,7 @@ def main() -> None:
     transactions()
     heading("7. Reads from the replica, and reading your own writes")
     replicas()
+    sharding(first_step=8)
 
 
 if __name__ == "__main__":

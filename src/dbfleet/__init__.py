@@ -17,6 +17,7 @@ from dbfleet.replicas import (
     write_position,
 )
 from dbfleet.routing import Router, database_for
+from dbfleet.sharding.ids import FleetIdField
 from dbfleet.sharding.query import ShardedManager, ShardedQuerySet
 from dbfleet.sharding.slots import shard_for
 from dbfleet.transactions import atomic, on_commit
@@ -24,6 +25,7 @@ from dbfleet.transactions import atomic, on_commit
 __all__ = [
     "CommitError",
     "CrossShardError",
+    "FleetIdField",
     "InDoubtError",
     "PartialCommitError",
     "Router",

@@ -4,7 +4,7 @@ from django.apps import AppConfig, apps
 from django.core.signals import request_finished, request_started
 from django.db import connections
 from django.db.backends.signals import connection_created
-from django.db.models.signals import pre_migrate
+from django.db.models.signals import post_migrate, pre_migrate
 
 
 class DbfleetConfig(AppConfig):
@@ -24,10 +24,13 @@ class DbfleetConfig(AppConfig):
         from dbfleet.migrating.lock import lock_before_migrate
         from dbfleet.replicas.guard import install_wrappers
         from dbfleet.replicas.scopes import end_implicit_scope
+        from dbfleet.sharding.ids import install_after_migrate
         from dbfleet.transactions.guard import install_write_guard
 
         # One migrator per database: every migrate takes the database's lock first.
         pre_migrate.connect(lock_before_migrate, dispatch_uid="dbfleet.migration_lock")
+        # FleetIdField's counter, once per migrated database (sent for each app: ours only).
+        post_migrate.connect(install_after_migrate, sender=self, dispatch_uid="dbfleet.fleet_ids")
         connection_created.connect(install_write_guard, dispatch_uid="dbfleet.write_guard")
         connection_created.connect(install_wrappers, dispatch_uid="dbfleet.replicas")
         for signal in (request_started, request_finished):

@@ -121,10 +121,6 @@ def migrate_home(
     target_db = hints.get("target_db")
     if target_db is not None:
         return target_db, "target_db", ""
-    if hints.get("fleet_ids"):
-        # dbfleet's own id sequences: on every database that is not a replica.
-        primaries = tuple(alias for alias in topology.databases if not topology.is_replica(alias))
-        return primaries, "fleet_ids", ""
     model = hints.get("model")
     if model is not None:
         label = model_hint_label(model)
@@ -154,7 +150,6 @@ def explain_migrate(
     allowed = db == home if isinstance(home, str) else db in home
     reason = {
         "target_db": f"hint target_db={home!r}",
-        "fleet_ids": "dbfleet's FleetIdField sequence, on every database but replicas",
         "model": f"hint model={subject}, which lives in {home!r}",
         "model_name": f"{subject} lives in {home!r} ({route_source(subject)})"
         if isinstance(home, str)
@@ -225,6 +220,17 @@ class Crossing:
 
 
 @dataclass(frozen=True)
+class ShardPlacement:
+    """The shard group of a sharded or reference model."""
+
+    group: str
+    #: The key field, as ``DBFLEET["SHARDS"]`` names it; None for a reference model
+    #: (a full copy on every database of the group).
+    key: str | None
+    databases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Route:
     """Where one model is read, written and migrated, and why."""
 
@@ -238,6 +244,9 @@ class Route:
     migrate: tuple[str, ...]
     decided_by: str
     crossings: tuple[Crossing, ...]
+    #: Its shard group, for a sharded or reference model: its rows are on the group's
+    #: databases (``read`` and ``write`` are only where a query without a key is planned).
+    shard: ShardPlacement | None = None
 
 
 def _decided_by(model: type[models.Model], read: str) -> str:
@@ -280,6 +289,15 @@ def routes() -> list[Route]:
                 ),
                 decided_by=decided_by,
                 crossings=crossings,
+                shard=_placement(model),
             )
         )
     return sorted(table, key=lambda route: route.model)
+
+
+def _placement(model: type[models.Model]) -> ShardPlacement | None:
+    label = owner_label(model)
+    group = get_topology().shard_group_of.get(label)
+    if group is None:
+        return None
+    return ShardPlacement(group.name, group.keys.get(label), group.databases)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
 from dbfleet.replicas import Scope, is_own_query, root_scope
+from dbfleet.sharding.query import FAN_OUT_WRAPPERS
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,16 @@ class Queries(list[Query]):
 
 @contextmanager
 def capture_queries() -> Iterator[Queries]:
-    """Record every statement run in this thread, on every database, with its alias.
+    """Record every statement run by this code, on every database, with its alias.
+
+    That is every statement on this thread's connections, and on the connections
+    that threads started while it is open connect with: a fan-out over the
+    databases of a shard group runs each database's query on a thread of its own.
+    Threads that were already running when it opened (a live server, a worker
+    pool) are left out, even if they connect anew meanwhile, except dbfleet's own
+    fan-out threads while they run a part of this code's query. Any thread started
+    while it is open is taken for the code under test's, so keep unrelated work
+    from starting threads that query meanwhile.
 
     A read that a dead replica handed to its primary is recorded on the primary.
     dbfleet's own queries (replica health, replication positions) are left out:
@@ -46,35 +57,58 @@ def capture_queries() -> Iterator[Queries]:
     connection runs to set itself up.
     """
     captured = Queries()
+    here = threading.current_thread()
+    running = weakref.WeakSet(threading.enumerate())
     # The DB-API connection of each wrapper once it is set up: Django sends
     # connection_created after a new connection ran its own statements.
     ready: weakref.WeakKeyDictionary[BaseDatabaseWrapper, Any] = weakref.WeakKeyDictionary()
+    # The wrappers it joined when they connected, to be left again at the end.
+    joined: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
+
+    def record(
+        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+    ) -> Any:
+        result = execute(sql, params, many, context)
+        connection = context["connection"]
+        if not is_own_query() and ready.get(connection) is connection.connection:
+            captured.append(Query(connection.alias, sql))  # One append: safe across threads.
+        return result
 
     def created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
         ready[connection] = connection.connection
+        thread = threading.current_thread()
+        if thread is not here and thread in running:
+            return  # Not started by the code under test.
+        if record not in connection.execute_wrappers:
+            connection.execute_wrappers.append(record)
+            joined.add(connection)
 
-    def record(alias: str) -> Callable[..., Any]:
-        def wrapper(
-            execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
-        ) -> Any:
-            result = execute(sql, params, many, context)
-            connection = context["connection"]
-            if not is_own_query() and ready.get(connection) is connection.connection:
-                captured.append(Query(alias, sql))
-            return result
-
-        return wrapper
+    @contextmanager
+    def in_fan_out(connection: BaseDatabaseWrapper) -> Iterator[None]:
+        """A fan-out thread (started before, and kept) runs a shard's part of the query."""
+        if record in connection.execute_wrappers:
+            yield  # Joined when it connected.
+            return
+        if connection.connection is not None:
+            ready[connection] = connection.connection
+        with connection.execute_wrapper(record):
+            yield
 
     connection_created.connect(created, weak=False)
+    token = FAN_OUT_WRAPPERS.set((*FAN_OUT_WRAPPERS.get(), in_fan_out))
     try:
         with ExitStack() as stack:
             for connection in connections.all():
                 if connection.connection is not None:
                     ready[connection] = connection.connection
-                stack.enter_context(connection.execute_wrapper(record(connection.alias)))
+                stack.enter_context(connection.execute_wrapper(record))
             yield captured
     finally:
+        FAN_OUT_WRAPPERS.reset(token)
         connection_created.disconnect(created)
+        for connection in list(joined):
+            with suppress(ValueError):
+                connection.execute_wrappers.remove(record)
 
 
 def fresh_scope() -> Scope:

@@ -5,7 +5,7 @@
 
 from django.db import models
 
-from dbfleet import ShardedManager
+from dbfleet import FleetIdField, ShardedManager
 
 
 class Customer(models.Model):
@@ -56,3 +56,30 @@ class Visit(models.Model):
     session = models.CharField(max_length=40)
 
     objects = ShardedManager()
+
+
+class Account(models.Model):
+    """Sharded by its own FleetIdField: a new account's slot is picked at random."""
+
+    id = FleetIdField(primary_key=True)
+    name = models.CharField(max_length=50)
+
+    objects = ShardedManager()
+
+
+class Ticket(models.Model):
+    """Sharded by its account: its own FleetIdField id carries the account's slot."""
+
+    id = FleetIdField(primary_key=True)
+    account = models.ForeignKey(Account, models.CASCADE)
+    subject = models.CharField(max_length=50)
+
+    objects = ShardedManager()
+
+
+class Receipt(models.Model):
+    """Not sharded: FleetIdField ids from the counter of the database it is written to."""
+
+    id = FleetIdField(primary_key=True)
+    number = FleetIdField(unique=True)
+    note = models.CharField(max_length=50, blank=True)

@@ -60,14 +60,15 @@ class DatabasePlan:
 
 
 def migratable_databases() -> list[str]:
-    """Databases migrations run on: ``DEFAULT_DATABASE``, route targets and ``target_db`` hints.
+    """Databases migrations run on: ``DEFAULT_DATABASE``, route targets, shard group databases
+    and ``target_db`` hints.
 
     Never replicas, test mirrors or a dummy ``default`` (Django's ``"default": {}``);
     an alias nothing is routed to would only get every migration recorded as applied.
     """
     topology = get_topology()
     wanted = {topology.default_database, *topology.model_routes.values()}
-    wanted |= {*topology.app_routes.values(), *hinted_databases()}
+    wanted |= {*topology.app_routes.values(), *hinted_databases(), *topology.shard_databases}
     return [alias for alias in primary_databases() if alias in wanted]
 
 

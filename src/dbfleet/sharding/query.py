@@ -13,28 +13,37 @@ query is refused with :class:`~dbfleet.CrossShardError` saying what to add.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import heapq
 import itertools
 import operator
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import total_ordering
 from typing import Any, TypeVar
 
 from django.apps import apps
 from django.db import connections, models
-from django.db.models import Avg, Count, F, Max, Min, Sum, signals
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Avg, Count, F, Func, Max, Min, Sum, signals
 from django.db.models.expressions import Col
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import Exact, In
 from django.db.models.query import (
+    MAX_GET_RESULTS,
     FlatValuesListIterable,
     RawQuerySet,
     ValuesIterable,
     ValuesListIterable,
+    prefetch_related_objects,
 )
 from django.db.models.sql.where import AND, OR, ExtraWhere, WhereNode
 
@@ -71,7 +80,50 @@ def _key_databases(node: Any, key: ShardKey, alias: str) -> set[str] | None:
     values = [node.rhs] if isinstance(node, Exact) else list(node.rhs)
     if any(hasattr(value, "resolve_expression") for value in values):
         return None  # A subquery or an expression: only the database knows.
-    return {key.database(value) for value in values if value is not None}
+    return {_database(key, value) for value in values if value is not None}
+
+
+_DATABASES: dict[tuple[int, type, Any], str] = {}
+clears_on_reset(_DATABASES.clear)
+
+
+def _database(key: ShardKey, value: Any) -> str:
+    """``key.database(value)``, remembered: the same keys come back again and again."""
+    # Keyed by the ShardKey's id (each lives as long as the settings, as this does) and
+    # the value's type: 1 and "1" may be different keys.
+    found = (id(key), type(value), value)
+    try:
+        return _DATABASES[found]
+    except (KeyError, TypeError):  # TypeError: an unhashable value.
+        pass
+    database = key.database(value)
+    if len(_DATABASES) >= 65536:
+        _DATABASES.clear()
+    with contextlib.suppress(TypeError):
+        _DATABASES[found] = database
+    return database
+
+
+_ROUTING_KEYS: dict[Any, list[ShardKey]] = {}
+clears_on_reset(_ROUTING_KEYS.clear)
+
+
+def _routing_keys(model: Any) -> list[ShardKey]:
+    """The columns whose values name a row's database: the key, and an id that carries its slot."""
+    try:
+        return _ROUTING_KEYS[model]
+    except KeyError:
+        pass
+    key = shard_key(model)
+    pk = model._meta.pk
+    if key is None:
+        found = []
+    elif key.field is pk or not getattr(pk, "carries_slot", False):
+        found = [key]
+    else:
+        found = [key, ShardKey(key.group, pk, pk, carries_slot=True)]
+    _ROUTING_KEYS[model] = found
+    return found
 
 
 def _split_in(node: WhereNode, key: ShardKey, alias: str, database: str) -> WhereNode:
@@ -141,6 +193,30 @@ def _has_extra_where(node: Any) -> bool:
     return isinstance(node, WhereNode) and any(_has_extra_where(c) for c in node.children)
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """How a fan-out's rows are merged: their shape, their names, the text sort keys."""
+
+    #: From the rows each shard returns to the rows asked for (None: model instances).
+    shape: Callable[[Any], Any] | None
+    #: The names of the values each shard returns (None: model instances).
+    names: list[str] | None
+    #: Text ordered by -> the annotation holding its sort key.
+    sort_keys: dict[str, str]
+    #: Whether each row ends with the alias of its database (to build instances from).
+    tagged: bool = False
+
+    def tag(self, targets: Sequence[str], results: Iterable[Iterable[Any]]) -> list[Any]:
+        """Each database's rows, tagged with its alias if the merge wants them so."""
+        if not self.tagged:
+            return list(results)
+        return [_tagged(rows, alias) for alias, rows in zip(targets, results, strict=True)]
+
+
+def _tagged(rows: Iterable[tuple[Any, ...]], alias: str) -> Iterator[tuple[Any, ...]]:
+    return ((*row, alias) for row in rows)
+
+
 @total_ordering
 class _SortValue:
     """One ORDER BY value, compared as the database compares it (direction and NULLs)."""
@@ -185,24 +261,42 @@ class ShardedQuerySet(models.QuerySet[M]):
         pinned: str | None = self._db
         return pinned
 
+    @property
+    def db(self) -> str:
+        """The database this query runs on (while it runs on one it chose itself: that one)."""
+        chosen: str | None = self.__dict__.get("_dbfleet_db")
+        return chosen or super().db
+
+    @contextmanager
+    def _running_on(self, alias: str) -> Iterator[None]:
+        """Let Django evaluate this very queryset on ``alias``, without a clone.
+
+        Only for the evaluation itself: a queryset derived from it afterwards
+        routes itself again.
+        """
+        self.__dict__["_dbfleet_db"] = alias
+        try:
+            yield
+        finally:
+            del self.__dict__["_dbfleet_db"]
+
     def _check_joins(self, group: ShardGroup) -> None:
         """Refuse a join that a shard cannot answer: to a model that is not on it whole."""
+        query = self.query
+        if not query.select_related and len(query.alias_map) <= 1:
+            return  # Its own table only.
         key = shard_key(self.model)
         local = _local_tables(group, reference_only=key is None)
-        query = self.query
         joined = [
-            model._meta.label
+            model._meta.db_table
             for model in _selected_related(self.model._meta, query.select_related, query.max_depth)
-            if model._meta.db_table not in local
         ]
-        tables = {model._meta.db_table: model._meta.label for model in apps.get_models()}
-        joined += [
-            tables.get(join.table_name, join.table_name)
-            for join in query.alias_map.values()
-            if join.table_name not in local
-        ]
+        joined += [join.table_name for join in query.alias_map.values()]
+        joined = [table for table in joined if table not in local]
         if not joined:
             return
+        tables = {model._meta.db_table: model._meta.label for model in apps.get_models()}
+        joined = [tables.get(name, name) for name in joined]
         if key is None:
             why = "it is a reference model, whose queries can join other reference models only"
         else:
@@ -218,17 +312,23 @@ class ShardedQuerySet(models.QuerySet[M]):
 
     def _targets(self) -> list[str]:
         """The databases this query must run on, in the group's order."""
-        self._check_joins(self._group())
+        group = self._group()
+        self._check_joins(group)
         pinned = self._pinned()
         if pinned is not None:
             return [pinned]
-        group = self._group()
-        key = shard_key(self.model)
-        if key is None:  # A reference model: every database has every row.
+        keys = _routing_keys(self.model)
+        if not keys:  # A reference model: every database has every row.
             return [group.databases[0]]
-        found = _key_databases(self.query.where, key, self.query.get_initial_alias())
-        if found is None:
+        alias = self.query.base_table  # Never None here: the model's own table is in it.
+        known = [
+            found
+            for key in keys
+            if (found := _key_databases(self.query.where, key, alias)) is not None
+        ]
+        if not known:
             return list(group.databases)
+        found = set.intersection(*known)
         # No value at all (``key__in=[]``) matches nothing: any one database says so.
         return [alias for alias in group.databases if alias in found] or [group.databases[0]]
 
@@ -236,11 +336,11 @@ class ShardedQuerySet(models.QuerySet[M]):
         """This query, pinned to ``alias`` (with any key ``IN`` list narrowed to its values)."""
         clone: ShardedQuerySet[M] = self._chain()
         clone._db = alias
-        key = shard_key(self.model)
-        if key is not None and self._pinned() is None:
-            clone.query.where = _split_in(
-                clone.query.where, key, clone.query.get_initial_alias(), alias
-            )
+        if self._pinned() is None:
+            for key in _routing_keys(self.model):
+                clone.query.where = _split_in(
+                    clone.query.where, key, clone.query.get_initial_alias(), alias
+                )
         return clone
 
     def on_shard(self, alias: str) -> ShardedQuerySet[M]:
@@ -264,21 +364,24 @@ class ShardedQuerySet(models.QuerySet[M]):
     def _each(self, work: Callable[[ShardedQuerySet[M]], T], targets: Sequence[str]) -> list[T]:
         """``work`` on this query pinned to each target, in parallel outside a transaction.
 
-        Inside a transaction on any of them it runs on the caller's connections,
-        one after the other, so that it sees (and takes part in) the transaction.
+        The first target runs in the calling thread, the others on the fan-out
+        threads, each with the caller's context variables. Inside a transaction
+        on any of them everything runs on the caller's connections, one after the
+        other, so that it sees (and takes part in) the transaction.
         """
         clones = [self._on(alias) for alias in targets]
         if len(clones) == 1 or any(connections[alias].in_atomic_block for alias in targets):
             return [work(clone) for clone in clones]
-
-        def run(clone: ShardedQuerySet[M]) -> T:
-            try:
-                return work(clone)
-            finally:
-                connections[clone._db or ""].close()  # This thread's own connection.
-
-        with ThreadPoolExecutor(min(FAN_OUT_THREADS, len(clones))) as pool:
-            return list(pool.map(run, clones))
+        pool = _fan_out_pool()
+        futures = [
+            pool.submit(contextvars.copy_context().run, _in_worker, work, clone)
+            for clone in clones[1:]
+        ]
+        try:
+            first = work(clones[0])
+        finally:
+            wait(futures)  # None is left running, even when this thread's part failed.
+        return [first, *(future.result() for future in futures)]
 
     # --- Reads ----------------------------------------------------------------------------------
 
@@ -300,26 +403,55 @@ class ShardedQuerySet(models.QuerySet[M]):
             found.append((term.lstrip("-+"), term.startswith("-") != (not query.standard_ordering)))
         return found
 
-    def _ordering(self, names: list[str] | None) -> list[tuple[Callable[[Any], Any], bool]]:
+    def _ordering(
+        self, names: list[str] | None, sort_keys: dict[str, str]
+    ) -> list[tuple[Callable[[Any], Any], bool]]:
         """(value of a row, descending) per ORDER BY term; rows are tuples of ``names``."""
         ordering: list[tuple[Callable[[Any], Any], bool]] = []
         for name, descending in self._order_terms():
+            if name in sort_keys:
+                name = sort_keys[name]  # Text: the bytes its collation sorts by.
+            elif name == "pk":
+                name = self.model._meta.pk.attname if names is None or "pk" not in names else "pk"
+            elif name not in self.query.annotations and (names is None or name not in names):
+                name = getattr(self.model._meta.get_field(name), "attname", name)
             if names is None:
-                field: Any = (
-                    self.model._meta.pk if name == "pk" else self.model._meta.get_field(name)
-                )
-                ordering.append((operator.attrgetter(field.attname), descending))
+                ordering.append((operator.attrgetter(name), descending))
             else:
-                if name == "pk":
-                    name = self.model._meta.pk.attname if "pk" not in names else "pk"
-                position = names.index(name)
-                ordering.append((operator.itemgetter(position), descending))
+                ordering.append((operator.itemgetter(names.index(name)), descending))
         return ordering
 
+    def _text_sort_keys(self, alias: str) -> dict[str, str]:
+        """Text the query is ordered by -> the annotation with its engine's sort key, if any.
+
+        The merge compares values in Python: exact for numbers and dates, and for
+        text where the engine compares code points; else by the engine's own sort
+        key (MariaDB's WEIGHT_STRING), or refused.
+        """
+        connection = connections[alias]
+        vendor = vendors.of(connection)
+        found = {}
+        for name, _ in self._order_terms():
+            if name == "pk" or name in self.query.annotations:
+                continue
+            field = self.model._meta.get_field(name)
+            if not isinstance(field, models.CharField | models.TextField):
+                continue
+            if vendor.text_sort_key is not None:
+                found[name] = f"_dbfleet_sort_{name}"
+            elif not vendor.sorts_text_by_code_point(connection, field.db_collation):
+                raise CrossShardError(
+                    f"{self.model._meta.label}: a query over several shards is ordered by the "
+                    f"text field {name!r}, whose collation on {alias!r} does not compare code "
+                    "points, so the shards' rows cannot be merged in its order. Order by "
+                    "another field, give the field db_collation='C', or filter on the key."
+                )
+        return found
+
     def _per_shard(
-        self,
-    ) -> tuple[ShardedQuerySet[Any], Callable[[Any], Any] | None, list[str] | None]:
-        """This query as each shard runs it in a fan-out, how to shape its rows, their names.
+        self, alias: str, streaming: bool = False
+    ) -> tuple[ShardedQuerySet[Any], _Merge]:
+        """This query as each shard runs it in a fan-out, and how to merge its rows.
 
         Each shard returns the first ``high_mark`` rows. A values() query selects
         what it is ordered by too (as one database would order by it), as tuples;
@@ -330,8 +462,29 @@ class ShardedQuerySet(models.QuerySet[M]):
             high = clone.query.high_mark
             clone.query.clear_limits()
             clone.query.set_limits(0, high)
+        sort_keys = self._text_sort_keys(alias)
+        function = vendors.of(connections[alias]).text_sort_key
+        for name, sort_key in sort_keys.items():
+            expression = Func(F(name), function=function, output_field=models.BinaryField())
+            clone.query.add_annotation(expression, sort_key)
         if self._fields is None:
-            return clone, None, None
+            if not self._built_after_merge(streaming):
+                return clone, _Merge(None, None, sort_keys)
+            # Rows as tuples, tagged with their database: only those the merge keeps
+            # become instances (a slice of eight shards builds 20 instances, not 160).
+            attnames = [field.attname for field in self.model._meta.concrete_fields]
+            annotations = list(self.query.annotation_select)
+            width, model = len(attnames), self.model
+
+            def build(row: Any) -> Any:
+                instance = model.from_db(row[-1], attnames, row[:width])
+                for position, name in enumerate(annotations, start=width):
+                    setattr(instance, name, row[position])
+                return instance
+
+            names = [*attnames, *annotations, *sort_keys.values()]
+            rows: Any = models.QuerySet.values_list(clone, *names)
+            return rows, _Merge(build, names, sort_keys, tagged=True)
         names = list(self._fields) or [
             *(field.attname for field in self.model._meta.concrete_fields),
             *self.query.annotation_select,
@@ -340,7 +493,9 @@ class ShardedQuerySet(models.QuerySet[M]):
         for name, _ in self._order_terms():
             if name == "pk":
                 name = self.model._meta.pk.attname
-            if name not in names and name not in self.query.annotation_select:
+            if name in sort_keys:
+                names.append(sort_keys[name])
+            elif name not in names and name not in self.query.annotation_select:
                 names.append(name)
             elif name not in names:
                 raise CrossShardError(
@@ -370,18 +525,14 @@ class ShardedQuerySet(models.QuerySet[M]):
                 "not supported; use values(), or filter on the shard key."
             )
         values: Any = models.QuerySet.values_list(clone, *names)
-        return values, shape, names
+        return values, _Merge(shape, names, sort_keys)
 
     def _merge(
-        self,
-        targets: Sequence[str],
-        results: Iterable[Iterable[Any]],
-        shape: Callable[[Any], Any] | None,
-        names: list[str] | None,
+        self, targets: Sequence[str], results: Iterable[Iterable[Any]], how: _Merge
     ) -> Iterator[Any]:
         """The rows of every shard, in the query's order, sliced as the query says."""
         query = self.query
-        ordering = self._ordering(names)
+        ordering = self._ordering(how.names, how.sort_keys)
         if query.is_sliced and not ordering:
             raise CrossShardError(
                 f"{self.model._meta.label}: a slice of a query over several shards needs an "
@@ -403,27 +554,45 @@ class ShardedQuerySet(models.QuerySet[M]):
             rows = _unique(rows)
         if query.is_sliced:
             rows = itertools.islice(rows, query.low_mark, query.high_mark)
-        return rows if shape is None else map(shape, rows)
+        return rows if how.shape is None else map(how.shape, rows)
 
     def _fetch_all(self) -> None:
         if self._result_cache is not None:
             return
         targets = self._targets()
         if len(targets) == 1:
-            clone = self._on(targets[0])
-            models.QuerySet._fetch_all(clone)
-            self._result_cache = clone._result_cache
-            self._prefetch_done = clone._prefetch_done  # type: ignore[has-type]
+            with self._running_on(targets[0]):
+                models.QuerySet._fetch_all(self)
             return
         self._check_fan_out()
         if self._aggregates():
             self._result_cache = self._merge_groups(targets)
             return
-        per_shard, shape, names = self._per_shard()
-        results = per_shard._each(list, targets)
-        self._result_cache = list(self._merge(targets, results, shape, names))
-        # Each shard prefetched for its own rows (a related row is on its row's shard).
-        self._prefetch_done = True
+        per_shard, how = self._per_shard(targets[0])
+        results = how.tag(targets, per_shard._each(list, targets))
+        self._result_cache = list(self._merge(targets, results, how))
+        if how.tagged and self._prefetch_related_lookups:
+            # Each shard's rows prefetch there (a related row is on its row's shard).
+            on: dict[str | None, list[M]] = {}
+            for instance in self._result_cache:
+                on.setdefault(instance._state.db, []).append(instance)
+            for instances in on.values():
+                prefetch_related_objects(instances, *self._prefetch_related_lookups)
+        self._prefetch_done = True  # Done here, or by each shard for its own rows.
+
+    def _built_after_merge(self, streaming: bool) -> bool:
+        """Whether a fan-out can fetch tuples and build only the instances it keeps.
+
+        Not with select_related() or deferred fields (Django builds those), nor
+        for a stream that prefetches (each shard prefetches for its own chunks).
+        """
+        query = self.query
+        return not (
+            query.select_related
+            or query.deferred_loading[0]
+            or self._known_related_objects
+            or (streaming and self._prefetch_related_lookups)
+        )
 
     def _check_fan_out(self) -> None:
         if self.query.select_for_update:
@@ -554,17 +723,20 @@ class ShardedQuerySet(models.QuerySet[M]):
         self._check_fan_out()
         if self._aggregates():  # Every group must be merged before the first is known.
             return iter(self._merge_groups(targets))
-        per_shard, shape, names = self._per_shard()
-        streams = [per_shard._on(alias).iterator(chunk_size) for alias in targets]
-        return self._merge(targets, streams, shape, names)
+        per_shard, how = self._per_shard(targets[0], streaming=True)
+        streams = how.tag(targets, [per_shard._on(alias).iterator(chunk_size) for alias in targets])
+        return self._merge(targets, streams, how)
 
     def count(self) -> int:
         if self._result_cache is not None:
             return len(self._result_cache)
         targets = self._targets()
-        if len(targets) > 1 and self.query.is_sliced:
+        if len(targets) == 1:
+            with self._running_on(targets[0]):
+                return models.QuerySet.count(self)
+        if self.query.is_sliced:
             return len(self._chain())  # The slice is of the merged rows.
-        if len(targets) > 1 and (self.query.distinct or self._aggregates()):
+        if self.query.distinct or self._aggregates():
             # A row may be on several shards. Like Django's count(), ignore the ordering.
             return len(self.order_by())
         return sum(self._each(models.QuerySet.count, targets))
@@ -572,17 +744,39 @@ class ShardedQuerySet(models.QuerySet[M]):
     def exists(self) -> bool:
         if self._result_cache is not None:
             return bool(self._result_cache)
-        return any(self._each(models.QuerySet.exists, self._targets()))
+        targets = self._targets()
+        if len(targets) == 1:
+            with self._running_on(targets[0]):
+                return models.QuerySet.exists(self)
+        return any(self._each(models.QuerySet.exists, targets))
 
     def get(self, *args: Any, **kwargs: Any) -> M:
         clone = self.filter(*args, **kwargs) if args or kwargs else self._chain()
+        if clone.query.can_filter() and not clone.query.distinct_fields:
+            clone = clone.order_by()
         targets = clone._targets()
         if len(targets) == 1:
-            one: M = models.QuerySet.get(clone._on(targets[0]))
-            return one
-        found = list(
-            itertools.chain.from_iterable(clone.order_by()._each(lambda qs: list(qs[:2]), targets))
-        )
+            # Django's get(), without its clones: this one is evaluated where it routes.
+            if not clone.query.select_for_update or (
+                connections[targets[0]].features.supports_select_for_update_with_limit
+            ):
+                clone.query.set_limits(high=MAX_GET_RESULTS)
+            with clone._running_on(targets[0]):
+                models.QuerySet._fetch_all(clone)
+            rows = clone._result_cache or []
+            if len(rows) == 1:
+                one: M = rows[0]
+                return one
+            if rows:
+                raise self.model.MultipleObjectsReturned(
+                    f"get() returned more than one {self.model._meta.object_name} -- it "
+                    f"returned {len(rows) if len(rows) < MAX_GET_RESULTS else 'more than 20'}!"
+                )
+        else:
+            rows = list(
+                itertools.chain.from_iterable(clone._each(lambda qs: list(qs[:2]), targets))
+            )
+        found = rows
         if len(found) == 1:
             only: M = found[0]
             return only
@@ -599,7 +793,8 @@ class ShardedQuerySet(models.QuerySet[M]):
             kwargs[arg.default_alias] = arg
         targets = self._targets()
         if len(targets) == 1:
-            return models.QuerySet.aggregate(self._on(targets[0]), **kwargs)
+            with self._running_on(targets[0]):
+                return models.QuerySet.aggregate(self, **kwargs)
         if self.query.is_sliced or self.query.distinct or self.query.group_by is not None:
             raise CrossShardError(
                 f"{self.model._meta.label}: aggregate() over a slice, distinct() or annotate() "
@@ -766,8 +961,13 @@ class ShardedQuerySet(models.QuerySet[M]):
         )
 
     def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
+        from dbfleet.sharding.ids import assign
+
         objs = list(objs)
         pinned = self._pinned()
+        # FleetIdField values first, before any write's transaction: one round trip per
+        # database, and each row's id (its slot) then says where it goes.
+        assign(self.model, objs, pinned)
         key = shard_key(self.model)
         if pinned is not None or key is None:
             targets = [pinned] if pinned is not None else list(self._group().databases)
@@ -784,6 +984,72 @@ class ShardedQuerySet(models.QuerySet[M]):
         return objs
 
 
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _fan_out_pool() -> ThreadPoolExecutor:
+    """The process's fan-out threads (started on first use, and anew in a forked child)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(FAN_OUT_THREADS - 1, "dbfleet-fan-out"))
+        return _POOL[0]
+
+
+def _forget_pool() -> None:
+    _POOL.clear()  # A forked child has none of its parent's threads.
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+#: Context managers entered on a fan-out thread's connection around its part of a query
+#: (``dbfleet.testing.capture_queries()`` records the shards' statements through it).
+FAN_OUT_WRAPPERS: contextvars.ContextVar[
+    tuple[Callable[[BaseDatabaseWrapper], AbstractContextManager[None]], ...]
+] = contextvars.ContextVar("dbfleet_fan_out_wrappers", default=())
+
+
+def _in_worker(work: Callable[[Any], T], clone: ShardedQuerySet[Any]) -> T:
+    """``work`` on a fan-out thread, on the thread's own connection to the clone's database.
+
+    The connection is kept as Django keeps a request's: closed after use unless
+    ``CONN_MAX_AGE`` says to keep it (then reused while usable and not too old).
+    """
+    connection = connections[clone._db or ""]
+    connection.close_if_unusable_or_obsolete()
+    try:
+        with ExitStack() as stack:
+            for wrapper in FAN_OUT_WRAPPERS.get():
+                stack.enter_context(wrapper(connection))
+            return work(clone)
+    finally:
+        if connection.settings_dict["CONN_MAX_AGE"] == 0:  # None: kept for good.
+            connection.close()
+
+
+def close_fan_out_connections(timeout: float = 10.0) -> None:
+    """Close every connection the fan-out threads keep open (``CONN_MAX_AGE`` > 0), and stop them.
+
+    Call it before dropping a database the threads may be connected to (a test
+    run's teardown does, with persistent connections).
+    """
+    with _POOL_LOCK:
+        if not _POOL:
+            return
+        pool = _POOL.pop()
+    workers = FAN_OUT_THREADS - 1
+    barrier = threading.Barrier(workers, timeout=timeout)  # One task per thread.
+
+    def close() -> None:
+        connections.close_all()
+        barrier.wait()
+
+    for future in [pool.submit(close) for _ in range(workers)]:
+        future.result(timeout)
+    pool.shutdown()
+
+
 def _unique(rows: Iterable[T]) -> Iterator[T]:
     """``rows`` without repeats (model instances or tuples: a fan-out's rows are hashable)."""
     seen: set[T] = set()
@@ -793,11 +1059,20 @@ def _unique(rows: Iterable[T]) -> Iterator[T]:
             yield row
 
 
+_KEY_ATTNAMES: dict[type[models.Model], str | None] = {}
+clears_on_reset(_KEY_ATTNAMES.clear)
+
+
 def _remember_key(sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
     """Note the shard key an instance was loaded or saved with: the router refuses a change."""
-    key = shard_key(sender)
-    if key is not None and key.attname in instance.__dict__:
-        instance.__dict__[KEY_SEEN] = instance.__dict__[key.attname]
+    try:
+        attname = _KEY_ATTNAMES[sender]
+    except KeyError:
+        key = shard_key(sender)
+        attname = _KEY_ATTNAMES[sender] = None if key is None else key.attname
+    values = instance.__dict__
+    if attname is not None and attname in values:
+        values[KEY_SEEN] = values[attname]
 
 
 def _reference_group(model: type[models.Model]) -> ShardGroup | None:

@@ -16,6 +16,7 @@ that is (or refers to) a ``FleetIdField`` is not hashed: the id carries its slot
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,34 @@ def slot_of_id(fleet_id: int) -> int:
     return (fleet_id >> SEQUENCE_BITS) & ((1 << SLOT_BITS) - 1)
 
 
+#: Fork-safe: processes forked from one parent would otherwise pick the same slots.
+_RANDOM = random.SystemRandom()
+
+
+def choose_slot(group: ShardGroup, alias: str | None = None) -> int:
+    """A slot at random for a new row that brings its own key (one of ``alias``'s, if given)."""
+    slots = group.slots_of(alias) if alias is not None else range(0)
+    return _RANDOM.choice(slots or range(group.slots))
+
+
+def home_slot(alias: str) -> int:
+    """The slot in the ids a database hands out to models that are not sharded.
+
+    The first slot the database holds in its shard group, so that those ids
+    differ from every id of the group too; 0 for a database outside any group.
+    """
+    for group in get_topology().shard_groups.values():
+        slots = group.slots_of(alias)
+        if slots:
+            return slots[0]
+    return 0
+
+
+def unallocated(value: object) -> bool:
+    """Whether a key value is still to come: None, or a FleetIdField id not yet allocated."""
+    return value is None or getattr(value, "fleet_id_pending", False)
+
+
 @dataclass(frozen=True)
 class ShardKey:
     """How to find the slot of a sharded model's rows."""
@@ -76,6 +105,27 @@ class ShardKey:
     @property
     def attname(self) -> str:
         return str(self.field.attname)
+
+    @property
+    def picks_slot(self) -> bool:
+        """Whether the key is the model's own FleetIdField: a new row gets a slot at random."""
+        return self.carries_slot and self.field is self.target
+
+    def instance_slot(self, instance: models.Model) -> int:
+        """The slot of ``instance``: its key's, or one picked once for a new row with its own id."""
+        value = getattr(instance, self.attname)
+        if not unallocated(value):
+            return self.slot(value)
+        if self.picks_slot:
+            picked: int | None = getattr(instance, "_fleet_slot", None)
+            if picked is None:
+                # Kept on the instance: the router asks before save(), the field when it inserts.
+                picked = instance._fleet_slot = choose_slot(self.group)  # type: ignore[attr-defined]
+            return picked
+        raise ShardKeyRequired(
+            f"{type(instance)._meta.label} is sharded by {self.field.name!r}, and this "
+            f"instance has none: set {self.field.name!r} before saving it."
+        )
 
     def slot(self, value: object) -> int:
         """The slot of the key value ``value`` (a model instance stands for its primary key)."""
@@ -143,17 +193,16 @@ def shard_for(model: type[models.Model] | models.Model, key: object) -> str:
 
 
 def database_of(instance: models.Model) -> str:
-    """The database a sharded model's instance is written to: where its key lives."""
+    """The database a sharded model's instance is written to: where its key lives.
+
+    A new row whose key is its own ``FleetIdField`` and has no value yet gets a
+    slot at random (kept on the instance, ``_fleet_slot``); its id, allocated
+    when it is inserted, carries that slot.
+    """
     key = shard_key(type(instance))
     if key is None:
         raise TypeError(f"{type(instance)._meta.label} is not sharded by a key.")
-    value = getattr(instance, key.attname)
-    if value is None:
-        raise ShardKeyRequired(
-            f"{type(instance)._meta.label} is sharded by {key.field.name!r}, and this "
-            f"instance has none: set {key.field.name!r} before saving it."
-        )
-    return key.database(value)
+    return key.group.database_for_slot(key.instance_slot(instance))
 
 
 #: Where an instance keeps the shard key it was loaded or saved with.

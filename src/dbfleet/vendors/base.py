@@ -11,6 +11,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 #: The position of a replica that has everything its primary has (a test mirror).
 CURRENT = "current"
+#: The counter FleetIdField allocates from, on each database that has one: a sequence on
+#: PostgreSQL, a one-row table elsewhere.
+ID_COUNTER = "dbfleet_fleet_id"
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,20 @@ class Vendor:
     replicates: ClassVar[bool] = True
     #: Whether it can prepare a transaction (two-phase commit).
     two_phase: ClassVar[bool] = False
+    #: Whether it has transactions (ClickHouse has none: each statement takes effect as it runs).
+    transactional: ClassVar[bool] = True
     #: Whether NULL sorts before every value in an ascending ORDER BY.
     nulls_first: ClassVar[bool] = True
     #: The ``OPTIONS`` key of a connect timeout in seconds, if the driver has one.
     connect_timeout_option: ClassVar[str | None] = None
+    #: An SQL function giving the bytes that text sorts by under its collation (a fan-out
+    #: merges by them); None: the engine compares text as Python compares ``str``.
+    text_sort_key: ClassVar[str | None] = None
+
+    @staticmethod
+    def sorts_text_by_code_point(connection: BaseDatabaseWrapper, collation: str | None) -> bool:
+        """Whether ORDER BY compares text under ``collation`` (None: the default) by code point."""
+        return collation is None or collation.upper() in ("BINARY", "RTRIM")
 
     # --- Two-phase commit: only engines with ``two_phase`` are asked. ---------------------
 
@@ -145,6 +158,11 @@ class Vendor:
         """``OPTIONS`` for a connection that gives up after ``seconds`` (connect, statements)."""
         return dict(options)
 
+    @staticmethod
+    def estimated_rows(connection: BaseDatabaseWrapper, table: str) -> int | None:
+        """The engine's cheap estimate of the rows of ``table``; None: it keeps none (count)."""
+        return None
+
     # --- Errors ---------------------------------------------------------------------------
 
     @staticmethod
@@ -198,3 +216,24 @@ class Vendor:
     def session_lock_holder(connection: BaseDatabaseWrapper, name: str) -> str | None:
         """Who holds the lock ``name``, and how to end that session if stuck; None: unknown."""
         return None
+
+    # --- FleetIdField's counter (one per database) ------------------------------------------
+
+    @staticmethod
+    def install_id_counter(connection: BaseDatabaseWrapper) -> None:
+        """Create the counter FleetIdField allocates from, unless it is there (idempotent)."""
+        raise NotImplementedError(
+            f"FleetIdField needs PostgreSQL, MariaDB/MySQL or SQLite, not {connection.vendor!r}."
+        )
+
+    @staticmethod
+    def allocate_ids(connection: BaseDatabaseWrapper, count: int, now: int) -> int | None:
+        """Move the counter ``T`` to ``max(T + count, now + count - 1)`` at once; the new ``T``.
+
+        One statement, one round trip, never undone by the caller's rollback and
+        never waiting for another session's open transaction. None: the counter
+        is not there (``install_id_counter`` has not run on this database).
+        """
+        raise NotImplementedError(
+            f"FleetIdField needs PostgreSQL, MariaDB/MySQL or SQLite, not {connection.vendor!r}."
+        )

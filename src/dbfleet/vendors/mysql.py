@@ -10,12 +10,14 @@ from typing import Any
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from dbfleet.vendors.base import ReplicaStatus, Vendor, driver_code, query, raw
+from dbfleet.vendors.base import ID_COUNTER, ReplicaStatus, Vendor, driver_code, query, raw
 
 #: Marks dbfleet's XA transactions in XA RECOVER ("dbft").
 XA_FORMAT = 0x64626674
 #: ER_LOCK_WAIT_TIMEOUT, ER_LOCK_DEADLOCK.
 RETRYABLE = frozenset({1205, 1213})
+#: ER_NO_SUCH_TABLE.
+NO_SUCH_TABLE = 1146
 
 
 def _branch(connection: BaseDatabaseWrapper) -> str:
@@ -46,6 +48,7 @@ class MySQL(Vendor):
     name = "mysql"
     two_phase = True
     connect_timeout_option = "connect_timeout"
+    text_sort_key = "WEIGHT_STRING"  # Of the column's own collation.
 
     @staticmethod
     def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
@@ -102,6 +105,18 @@ class MySQL(Vendor):
         # they hold even when the server never answers.
         whole = max(1, math.ceil(seconds))
         return {**options, "connect_timeout": whole, "read_timeout": whole, "write_timeout": whole}
+
+    @staticmethod
+    def estimated_rows(connection: BaseDatabaseWrapper, table: str) -> int | None:
+        # InnoDB's estimate from its sampled statistics (MySQL 8 caches it for
+        # information_schema_stats_expiry seconds; ANALYZE TABLE refreshes it).
+        rows = query(
+            connection,
+            "SELECT TABLE_ROWS FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (table,),
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     @staticmethod
     def is_busy(error: DatabaseError) -> bool:
@@ -185,3 +200,49 @@ class MySQL(Vendor):
             f"{engine} connection id {holder}{details}; if that connection is stuck or its "
             f"process is gone, end it: KILL {holder}"
         )
+
+    # FleetIdField's counter: one row of a MyISAM table, which takes no part in
+    # transactions (an UPDATE is done and kept at once, whatever the caller's
+    # transaction then does). LAST_INSERT_ID(expr) hands the new value to the
+    # client with the UPDATE's own answer (mysql_insert_id(): cursor.lastrowid).
+    # MyISAM does not sync to disk: after a crash of the server's machine the row
+    # may be older than the last ids handed out, and the clock (the ids' time part)
+    # is what keeps new ids above them.
+
+    @staticmethod
+    def install_id_counter(connection: BaseDatabaseWrapper) -> None:
+        query(
+            connection,
+            f"CREATE TABLE IF NOT EXISTS {ID_COUNTER} (id TINYINT UNSIGNED NOT NULL PRIMARY KEY, "
+            "t BIGINT NOT NULL) ENGINE=MyISAM",
+        )
+        query(connection, f"INSERT IGNORE INTO {ID_COUNTER} (id, t) VALUES (1, 0)")
+        ((engine,),) = query(
+            connection,
+            "SELECT ENGINE FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (ID_COUNTER,),
+        )
+        if str(engine).lower() != "myisam":
+            raise DatabaseError(
+                f"{ID_COUNTER} on {connection.alias!r} is an {engine} table; FleetIdField "
+                "needs MyISAM, whose writes take no part in transactions (an InnoDB counter "
+                "would make every writer wait for the open transactions of the others). Enable "
+                f"MyISAM on the server, then DROP TABLE {ID_COUNTER} and migrate again."
+            )
+
+    @staticmethod
+    def allocate_ids(connection: BaseDatabaseWrapper, count: int, now: int) -> int | None:
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute(
+                    f"UPDATE {ID_COUNTER} SET t = LAST_INSERT_ID(GREATEST(t + %s, %s)) "
+                    "WHERE id = 1",
+                    (count, now + count - 1),
+                )
+            except DatabaseError as error:
+                if driver_code(error) == NO_SUCH_TABLE:
+                    return None
+                raise
+            # Rows matched (Django connects with CLIENT.FOUND_ROWS): 0 if the row is gone.
+            return int(cursor.lastrowid) if cursor.rowcount else None

@@ -12,6 +12,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.transaction import TransactionManagementError
 
 from dbfleet.vendors.base import (
+    ID_COUNTER,
     ReplicaStatus,
     Vendor,
     driver_code,
@@ -54,11 +55,62 @@ def _finish(connection: BaseDatabaseWrapper, gid: str, commit: bool) -> None:
             dbapi.autocommit = outside
 
 
+#: What moves FleetIdField's counter (the sequence ID_COUNTER), in one statement.
+ID_FUNCTION = "dbfleet_fleet_ids"
+#: undefined_function, undefined_table: the counter is not installed here.
+_ID_COUNTER_MISSING = frozenset({"42883", "42P01"})
+
+
+def _id_function_body() -> str:
+    key = _lock_key(ID_COUNTER)
+    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    # A sequence, because nothing undoes a setval(): the caller's rollback leaves the
+    # counter where it is. The lock is the session's, not the transaction's, and it
+    # is released before the function returns, so that a caller's open transaction
+    # holds nothing that another caller waits for. The handler releases it if an
+    # error or a cancel (statement_timeout) comes while it is held: a session keeps
+    # its advisory locks through a rollback. It needs no subtransaction id: setval
+    # assigns the top-level transaction's.
+    return f"""
+DECLARE
+    last bigint;
+BEGIN
+    PERFORM pg_advisory_lock({key});
+    SELECT greatest(last_value + n, now_t + n - 1) INTO last FROM {ID_COUNTER};
+    PERFORM setval('{ID_COUNTER}', last);
+    PERFORM pg_advisory_unlock({key});
+    RETURN last;
+EXCEPTION WHEN OTHERS OR query_canceled THEN
+    IF EXISTS (
+        SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+        AND granted AND objsubid = 1 AND classid = {high} AND objid = {low}
+    ) THEN
+        PERFORM pg_advisory_unlock({key});
+    END IF;
+    RAISE;
+END
+"""
+
+
 class PostgreSQL(Vendor):
     name = "postgresql"
     nulls_first = False
     two_phase = True
     connect_timeout_option = "connect_timeout"
+
+    @staticmethod
+    def sorts_text_by_code_point(connection: BaseDatabaseWrapper, collation: str | None) -> bool:
+        if collation is None:
+            # The database's collation, asked once per connection.
+            key = "_dbfleet_collation"
+            if key not in connection.__dict__:
+                rows = query(
+                    connection,
+                    "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+                )
+                connection.__dict__[key] = rows[0][0]
+            collation = connection.__dict__[key]
+        return collation in ("C", "POSIX", "ucs_basic") or collation.startswith("C.")
 
     @staticmethod
     def begin(connection: BaseDatabaseWrapper, xid: str) -> None:
@@ -112,6 +164,27 @@ class PostgreSQL(Vendor):
     @staticmethod
     def prepared_transactions_limit(connection: BaseDatabaseWrapper) -> int | None:
         return int(query(connection, "SHOW max_prepared_transactions")[0][0])
+
+    @staticmethod
+    def estimated_rows(connection: BaseDatabaseWrapper, table: str) -> int | None:
+        # As the planner estimates: the rows per page the last VACUUM or ANALYZE saw,
+        # times the pages the table has now. Never analyzed (reltuples -1), or analyzed
+        # empty and filled since: no estimate. (pg_stat's n_live_tup lags a session's
+        # writes until that session's statistics are flushed.)
+        rows = query(
+            connection,
+            "SELECT reltuples, relpages, "
+            "pg_relation_size(oid) / current_setting('block_size')::int "
+            "FROM pg_class WHERE oid = to_regclass(%s)",
+            (connection.ops.quote_name(table),),
+        )
+        if not rows or rows[0][0] < 0:
+            return None
+        tuples, pages, now = rows[0]
+        if pages > 0:
+            estimate: int = round(tuples / pages * now)
+            return estimate
+        return 0 if now == 0 else None
 
     @staticmethod
     def probe_options(options: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -202,3 +275,46 @@ class PostgreSQL(Vendor):
             f"PostgreSQL session pid {pid} ({', '.join(details)}); if that session is stuck "
             f"or its process is gone, end it: SELECT pg_terminate_backend({pid})"
         )
+
+    @staticmethod
+    def install_id_counter(connection: BaseDatabaseWrapper) -> None:
+        body = _id_function_body()
+        ((counter, current),) = query(
+            connection,
+            f"SELECT to_regclass({literal(ID_COUNTER)}) IS NOT NULL, "
+            f"(SELECT prosrc = %s FROM pg_proc "
+            f"WHERE oid = to_regprocedure({literal(ID_FUNCTION + '(bigint, bigint)')}))",
+            (body,),
+        )
+        if not counter:
+            query(connection, f"CREATE SEQUENCE IF NOT EXISTS {ID_COUNTER} MINVALUE 0 START 0")
+        if not current:
+            query(
+                connection,
+                f"CREATE OR REPLACE FUNCTION {ID_FUNCTION}(n bigint, now_t bigint) "
+                f"RETURNS bigint LANGUAGE plpgsql VOLATILE AS $dbfleet${body}$dbfleet$",
+            )
+
+    @staticmethod
+    def allocate_ids(connection: BaseDatabaseWrapper, count: int, now: int) -> int | None:
+        sql = f"SELECT {ID_FUNCTION}(%s::bigint, %s::bigint)"
+        options = connection.settings_dict.get("OPTIONS") or {}
+        # Outside a transaction the statement is one of its own, and setval() makes its
+        # commit wait for the disk: done without waiting (it is flushed with the next
+        # commit that does wait, such as the INSERT of the id). Several statements in
+        # one go need client-side binding, Django's default.
+        alone = connection.get_autocommit() and not options.get("server_side_binding")
+        if alone:
+            sql = PostgreSQL.unsynced(sql, autocommit=True)
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute(sql, (count, now))
+            except DatabaseError as error:
+                if alone:  # BEGIN ran; the rest did not.
+                    raw(connection, "ROLLBACK")
+                if driver_code(error) in _ID_COUNTER_MISSING:
+                    return None
+                raise
+            while cursor.description is None and cursor.nextset():
+                pass  # BEGIN, SET LOCAL: to the SELECT's result.
+            return int(cursor.fetchone()[0])

@@ -11,9 +11,10 @@ import sys
 from typing import IO, Any
 from weakref import WeakKeyDictionary
 
+from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from dbfleet.vendors.base import Vendor
+from dbfleet.vendors.base import ID_COUNTER, Vendor, query
 
 try:
     import fcntl
@@ -91,3 +92,30 @@ class SQLite(Vendor):
                     f"process: if it is stuck, stop it (kill {pid})"
                 )
         return None
+
+    # FleetIdField's counter: a one-row table. SQLite has one writer at a time, so
+    # an UPDATE ... RETURNING is atomic; it is part of the caller's transaction (SQLite
+    # has no other kind of write), as its own AUTOINCREMENT counter is.
+
+    @staticmethod
+    def install_id_counter(connection: BaseDatabaseWrapper) -> None:
+        query(
+            connection,
+            f"CREATE TABLE IF NOT EXISTS {ID_COUNTER} "
+            "(id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1), t INTEGER NOT NULL)",
+        )
+        query(connection, f"INSERT OR IGNORE INTO {ID_COUNTER} (id, t) VALUES (1, 0)")
+
+    @staticmethod
+    def allocate_ids(connection: BaseDatabaseWrapper, count: int, now: int) -> int | None:
+        try:
+            rows = query(
+                connection,
+                f"UPDATE {ID_COUNTER} SET t = max(t + %s, %s) WHERE id = 1 RETURNING t",
+                (count, now + count - 1),
+            )
+        except DatabaseError as error:
+            if "no such table" in str(error):
+                return None
+            raise
+        return int(rows[0][0]) if rows else None

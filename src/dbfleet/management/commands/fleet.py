@@ -10,16 +10,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from dbfleet.management.fleet import migrate, plan, recover, routes, status
+from dbfleet.management.fleet import migrate, plan, recover, routes, shards, status
 from dbfleet.management.fleet.output import Out, add_django_options
 
-SUBCOMMANDS = {module.NAME: module for module in (routes, migrate, plan, status, recover)}
+SUBCOMMANDS = {module.NAME: module for module in (routes, migrate, plan, status, recover, shards)}
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover."
+        "Subcommands: routes, migrate, plan, status, recover, shards."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.

@@ -14,6 +14,7 @@ from dbfleet.management.fleet.output import (
     grid,
 )
 from dbfleet.reports import RoutesReport, routes_report
+from dbfleet.routing import Route
 
 NAME = "routes"
 HELP = "Show where every model is read, written and migrated."
@@ -49,12 +50,28 @@ def write_text(out: Out, report: RoutesReport, verbosity: int) -> None:
     table = grid("model", "read", "write", "migrate", "decided by", "crosses groups")
     for route in report.models:
         crossings = ", ".join(f"{c.field} -> {c.to} ({c.database})" for c in route.crossings)
+        read, write, decided_by = placed(route)
         table.add_row(
             route.model,
-            ", ".join(route.read_replicas) or route.read,
-            route.write,
+            read,
+            write,
             ", ".join(route.migrate) or "-",
-            route.decided_by,
+            decided_by,
             f"[bold red]{crossings}[/]" if crossings else "",
         )
     out.table(table)
+
+
+def placed(route: Route) -> tuple[str, str, str]:
+    """The read, write and "decided by" cells of a route.
+
+    A sharded model's rows are read and written on the database of their key (a
+    query without it reads every one); a reference model is read from the first
+    copy and written to every copy.
+    """
+    if route.shard is None:
+        return ", ".join(route.read_replicas) or route.read, route.write, route.decided_by
+    databases = ", ".join(route.shard.databases)
+    if route.shard.key is None:
+        return route.read, databases, f"{route.decided_by}, reference (a copy on each)"
+    return databases, databases, f"{route.decided_by}, by key {route.shard.key}"

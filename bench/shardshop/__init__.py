@@ -1,0 +1,1 @@
+"""A shop sharded by customer over eight PostgreSQL databases, for the sharding benchmark."""

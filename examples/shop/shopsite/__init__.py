@@ -1,0 +1,1 @@
+"""The shop project: customers and their orders sharded over four SQLite files."""
