@@ -52,7 +52,7 @@ pytestmark = [
         reason="a shard group is one engine; this configuration has none on two aliases",
     ),
 ]
-SHARDED = (Customer, Order, Visit, Product)
+SHARDED = (Customer, Product, Order, Visit)  # Product before the orders that refer to it.
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +210,30 @@ def test_prefetch_and_select_related_in_a_fan_out_stay_on_each_row_s_shard() -> 
     ]
     orders = list(Order.objects.prefetch_related("customer").order_by("id"))
     assert [order.customer.id for order in orders] == list(range(1, 7))
+
+
+def test_a_fan_out_joins_and_prefetches_reference_models_on_each_shard() -> None:
+    customers()
+    Product.objects.bulk_create([Product(id=1, name="pen"), Product(id=2, name="ink")])
+    for key in range(1, 7):
+        Order.objects.create(id=key, customer_id=key, status="new", total=1, product_id=key % 2 + 1)
+    both_shards_used()
+    expected = ["ink", "pen", "ink", "pen", "ink", "pen"]
+    with capture_queries() as queries:
+        joined = list(Order.objects.select_related("product", "customer").order_by("id"))
+    assert [order.product.name for order in joined] == expected  # type: ignore[union-attr]
+    assert len(queries) == 2 and set(queries.aliases) == set(SHARDS)  # One query a shard.
+    with capture_queries() as queries:
+        fetched = list(Order.objects.prefetch_related("product").order_by("-id")[:4])
+    assert [order.product.name for order in fetched] == expected[::-1][:4]  # type: ignore[union-attr]
+    on = {order._state.db for order in fetched}
+    assert all(alias in queries.aliases for alias in on)  # Each shard's orders fetch there.
+    assert Order.objects.filter(product__name="pen").count() == 3
+    with pytest.raises(dbfleet.CrossShardError, match="reference model"):
+        list(Product.objects.filter(orders__status="new"))
+    pen = Product.objects.get(id=2)
+    pen.delete()  # Every copy, and on each shard its orders' product is set to NULL.
+    assert Order.objects.filter(product__isnull=True).count() == 3
 
 
 def test_one_shard_iterator_and_a_sliced_fan_out_count() -> None:

@@ -22,6 +22,8 @@ class Order(models.Model):
     status = models.CharField(max_length=10)
     total = models.DecimalField(max_digits=10, decimal_places=2)
     quantity = models.IntegerField(null=True)
+    #: A reference model: every shard has every product.
+    product = models.ForeignKey("Product", models.SET_NULL, null=True, related_name="orders")
 
     objects = ShardedManager()
 
