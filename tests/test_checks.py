@@ -383,7 +383,7 @@ PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
                 "g": {
                     "databases": ["default"],
                     "keys": {"shop.Customer": "id"},
-                    "reference": ["shop.Order"],
+                    "reference": ["shop.Order", "shop.Product"],
                 }
             }
         ),
@@ -396,6 +396,7 @@ PROBLEMS: list[tuple[CheckId, dict[str, Any], set[CheckId]]] = [
                 "g": {
                     "databases": ["default"],
                     "keys": {"shop.Customer": "id", "shop.Order": "customer"},
+                    "reference": ["shop.Product"],
                 }
             }
         ),
@@ -827,7 +828,8 @@ def test_e043_sharded_auto_primary_key() -> None:
 
 
 def test_e044_shard_relation() -> None:
-    message = only(shards(keys={"shop.Customer": "id"}, reference=["shop.Order"]), "dbfleet.E044")
+    reference = ["shop.Order", "shop.Product"]
+    message = only(shards(keys={"shop.Customer": "id"}, reference=reference), "dbfleet.E044")
     assert "shop.Order.customer: a reference model" in message.msg
     messages = shards(keys={"shop.Order": "customer"})
     message = next(m for m in messages if m.id == "dbfleet.E044")
@@ -836,5 +838,6 @@ def test_e044_shard_relation() -> None:
 
 
 def test_w010_unique_without_shard_key() -> None:
-    message = only(shards(keys={"shop.Customer": "id", "shop.Order": "customer"}), "dbfleet.W010")
+    keys = {"shop.Customer": "id", "shop.Order": "customer"}
+    message = only(shards(keys=keys, reference=["shop.Product"]), "dbfleet.W010")
     assert "shop.Order: id is unique on each shard only" in message.msg
