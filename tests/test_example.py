@@ -41,8 +41,9 @@ LIST_TABLES = {
     "mysql": "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 }
 SHARDS = ("shard0", "shard1", "shard2", "shard3")
-#: The shop demo's customers; each has three orders, ids customer * 100 + 1 ... 3.
+#: The shop demo's customers; each has three orders, whose FleetIdField ids carry its slot.
 CUSTOMERS = range(1, 9)
+SLOTS = 1024
 
 
 def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
@@ -67,21 +68,41 @@ def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
 
 def home(customer: int) -> str:
     """The shard of a customer, worked out here: 1024 slots in four equal ranges."""
-    return SHARDS[hash_slot(customer, 1024) * len(SHARDS) // 1024]
+    return SHARDS[hash_slot(customer, SLOTS) * len(SHARDS) // SLOTS]
 
 
-def shop_files(data_dir: Path) -> dict[str, tuple[list[int], list[int]]]:
-    """``{shard: (customer ids, order customer ids)}``, read from each SQLite file directly."""
+def carried_slot(order_id: int) -> int:
+    """The slot in a FleetIdField id, read from its bits here: ms (41) | slot (10) | seq (12)."""
+    return order_id >> 12 & (SLOTS - 1)
+
+
+def shop_rows(data_dir: Path) -> dict[str, tuple[list[int], list[tuple[int, int]]]]:
+    """``{shard: (customer ids, (order id, customer id) pairs)}``, read from each file directly."""
     found = {}
     for alias in SHARDS:
         path = data_dir / "shop" / f"{alias}.sqlite3"
         with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as connection:
             customers = sorted(key for (key,) in connection.execute("SELECT id FROM shop_customer"))
-            orders = sorted(
-                key for (key,) in connection.execute("SELECT customer_id FROM shop_order")
-            )
+            orders = sorted(connection.execute("SELECT id, customer_id FROM shop_order"))
         found[alias] = customers, orders
     return found
+
+
+def shop_files(data_dir: Path) -> dict[str, tuple[list[int], list[int]]]:
+    """``{shard: (customer ids, order customer ids)}``; every order id carries its customer's slot.
+
+    Also checks that the orders' ids are unique over the shards.
+    """
+    rows = shop_rows(data_dir)
+    orders = [order for _, shard_orders in rows.values() for order in shard_orders]
+    assert len({number for number, _ in orders}) == len(orders)
+    assert [carried_slot(number) for number, _ in orders] == [
+        hash_slot(customer, SLOTS) for _, customer in orders
+    ]
+    return {
+        alias: (customers, sorted(customer for _, customer in shard_orders))
+        for alias, (customers, shard_orders) in rows.items()
+    }
 
 
 def expected_shop_files() -> dict[str, tuple[list[int], list[int]]]:
@@ -94,14 +115,20 @@ def expected_shop_files() -> dict[str, tuple[list[int], list[int]]]:
     }
 
 
-def shop_orders() -> list[tuple[int, int, Decimal, int]]:
-    """The orders the shop demo writes, read from the demo itself (without running it)."""
+def shop_demo() -> Any:
+    """The shop demo's module, loaded without running it."""
     spec = importlib.util.spec_from_file_location("shop_demo", SHOP_DEMO)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    orders: list[tuple[int, int, Decimal, int]] = module.ORDERS
-    return orders
+    return module
+
+
+def shop_orders() -> list[tuple[str, int, Decimal, int]]:
+    """The orders the shop demo writes: (customer name, customer id, total, day of December)."""
+    module = shop_demo()
+    names = {key: name for key, name, _ in module.CUSTOMERS}
+    return [(names[customer], customer, total, day) for customer, total, day in module.ORDERS]
 
 
 def ran_on(output: str, call: str) -> list[str]:
@@ -201,15 +228,24 @@ def test_demo_shards_a_model_over_four_sqlite_files(tmp_path: Path) -> None:
         assert ran_on(output, f"Customer.objects.create(id={key})") == [home(key)]
     assert ran_on(output, "Order.objects.bulk_create(24 orders)") == list(SHARDS)
     assert ran_on(output, "Order.objects.filter(customer=4)") == [home(4)]
-    assert "3 orders of Edsger Dijkstra, whose rows are on " + home(4) + ": 401, 402, 403" in output
+    assert f"  3 orders of Edsger Dijkstra, whose rows are on {home(4)}:\n" in output
+    # The ids printed are customer 4's orders in its shard's file, each with its slot.
+    match = re.search(r"^  ids (\d+), (\d+), (\d+)$", output, re.M)
+    assert match, output
+    printed = [int(number) for number in match.groups()]
+    _, orders = shop_rows(tmp_path)[home(4)]
+    assert printed == sorted(number for number, customer in orders if customer == 4)
+    assert {carried_slot(number) for number in printed} == {hash_slot(4, SLOTS)}
+    assert f"  each carries slot {hash_slot(4, SLOTS)} (ids.parse(id).slot)" in output
+    # get(pk=) with one of those ids: the shard from the id alone.
+    assert ran_on(output, f"Order.objects.get(pk={printed[-1]})") == [home(4)]
     # The fan-outs: every shard, as capture_queries() saw them on the worker threads.
     assert ran_on(output, 'Order.objects.order_by("-total")[:5]') == list(SHARDS)
-    top = re.findall(r"^ +([\d.]+)  order (\d+) of .* from (shard\d)$", output, re.M)
+    top = re.findall(r"^ +([\d.]+)  (\S.*?) +Dec (\d+) +from (shard\d)$", output, re.M)
     largest = sorted(shop_orders(), key=lambda order: order[2], reverse=True)[:5]
-    assert [(Decimal(total), int(order)) for total, order, _ in top] == [
-        (total, number) for number, _, total, _ in largest
+    assert [(Decimal(total), name, int(day), shard) for total, name, day, shard in top] == [
+        (total, name, day, home(customer)) for name, customer, total, day in largest
     ]
-    assert all(shard == home(int(order) // 100) for _, order, shard in top)
     assert ran_on(output, "Order.objects.aggregate(Count, Sum, Avg)") == list(SHARDS)
     assert "  24 orders, 1122.00 in all, 46.75 on average\n" in output
     assert "As sharded: each customer and its orders in one file" in output

@@ -18,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from dbfleet.topology import ShardGroup
 
 HERE = Path(__file__).resolve().parent
 TABLES = ("shop_customer", "shop_order")
@@ -32,9 +35,10 @@ CUSTOMERS = [
     (7, "Margaret Hamilton", "us"),
     (8, "Niklaus Wirth", "ch"),
 ]
-#: Three orders a customer: (order id, customer id, total, day of December 2026).
+#: Three orders a customer: (customer id, total, day of December 2026). Their ids are
+#: given when they are written (``FleetIdField``), and carry the customer's slot.
 ORDERS = [
-    (customer * 100 + n, customer, Decimal(f"{(customer * 37 + n * 53) % 90 + 10}.{n * 25:02d}"), n)
+    (customer, Decimal(f"{(customer * 37 + n * 53) % 90 + 10}.{n * 25:02d}"), n)
     for customer, _, _ in CUSTOMERS
     for n in (1, 2, 3)
 ]
@@ -88,11 +92,23 @@ def touching(call: str) -> Iterator[None]:
     print(f"{call:<42} -> ran on {where} ({count})")
 
 
-def shards() -> tuple[str, ...]:
-    """The databases of the shard group, in order."""
+def group() -> ShardGroup:
+    """The shard group ``customers``."""
     from dbfleet.conf import get_topology
 
-    return get_topology().shard_groups["customers"].databases
+    return get_topology().shard_groups["customers"]
+
+
+def shards() -> tuple[str, ...]:
+    """The databases of the shard group, in order."""
+    return group().databases
+
+
+def slot(customer: int) -> int:
+    """The slot of a customer's key: where its rows go, and what its orders' ids carry."""
+    from dbfleet.sharding.slots import hash_slot
+
+    return hash_slot(customer, group().slots)
 
 
 def migrate() -> None:
@@ -127,25 +143,36 @@ def store() -> None:
         if customer._state.db != dbfleet.shard_for(Customer, key):
             stop(f"Customer {key} was saved to {customer._state.db}, not to its key's shard.")
     orders = [
-        Order(id=number, customer_id=customer, total=total, placed=datetime.date(2026, 12, day))
-        for number, customer, total, day in ORDERS
+        Order(customer_id=customer, total=total, placed=datetime.date(2026, 12, day))
+        for customer, total, day in ORDERS
     ]
+    # No ids given: bulk_create() allocates them, one round trip per shard.
     with touching(f"Order.objects.bulk_create({len(orders)} orders)"):
         Order.objects.bulk_create(orders)
 
 
 def one_shard() -> None:
-    """A read with the shard key runs on that key's shard only."""
+    """A read with the shard key runs on that key's shard only; so does one by an order's id."""
     import dbfleet
+    from dbfleet.sharding import ids
 
     Customer, Order = shop_model("Customer"), shop_model("Order")
     key = 4
+    home = dbfleet.shard_for(Customer, key)
     with touching(f"Order.objects.filter(customer={key})"):
         found = list(Order.objects.filter(customer=key).order_by("id"))
-    print(
-        f"  {len(found)} orders of {Customer.objects.get(pk=key)}, whose rows are on "
-        f"{dbfleet.shard_for(Customer, key)}: {', '.join(str(order.id) for order in found)}"
-    )
+    print(f"  {len(found)} orders of {Customer.objects.get(pk=key)}, whose rows are on {home}:")
+    print(f"  ids {', '.join(str(order.id) for order in found)}")
+    # The slot is in the id: the customer's, which its shard holds.
+    carried = {ids.parse(order.id).slot for order in found}
+    if carried != {slot(key)} or group().database_for_slot(slot(key)) != home:
+        stop(f"The ids of customer {key}'s orders carry slots {sorted(carried)}, not {slot(key)}.")
+    print(f"  each carries slot {slot(key)} (ids.parse(id).slot): customer {key}'s, held by {home}")
+    wanted = found[-1].id
+    with touching(f"Order.objects.get(pk={wanted})"):
+        order = Order.objects.get(pk=wanted)
+    if order._state.db != home:
+        stop(f"Order.objects.get(pk={wanted}) read {order._state.db}, not {home}.")
 
 
 def fan_out() -> None:
@@ -156,7 +183,8 @@ def fan_out() -> None:
     for order in top:
         # order.customer is read from the order's shard, where its customer is.
         customer = order.customer.name
-        print(f"  {order.total:>6}  order {order.id} of {customer:<18} from {order._state.db}")
+        placed = f"{order.placed:%b} {order.placed.day}"
+        print(f"  {order.total:>6}  {customer:<18} {placed:<6}  from {order._state.db}")
 
 
 def aggregate() -> None:
@@ -170,7 +198,7 @@ def aggregate() -> None:
         )
     orders, revenue, average = found["orders"], found["revenue"], found["average"]
     print(f"  {orders} orders, {revenue:.2f} in all, {average:.2f} on average")
-    expected = sum(total for _, _, total, _ in ORDERS)
+    expected = sum(total for _, total, _ in ORDERS)
     if found["orders"] != len(ORDERS) or found["revenue"] != expected:
         stop(f"The aggregate says {found}; the demo wrote {len(ORDERS)} orders worth {expected}.")
 
@@ -199,23 +227,29 @@ def describe(alias: str) -> str:
 def show_placement() -> None:
     """Count each file's rows, past Django; stop if a row is anywhere but its key's shard."""
     import dbfleet
+    from dbfleet.sharding import ids
 
     Customer = shop_model("Customer")
     customers_seen, orders_seen = 0, 0
     for alias in shards():
         with closing(open_directly(alias)) as connection:
             customers = sorted(key for (key,) in connection.execute("SELECT id FROM shop_customer"))
-            orders = [key for (key,) in connection.execute("SELECT customer_id FROM shop_order")]
+            orders = connection.execute("SELECT id, customer_id FROM shop_order").fetchall()
         word = "customer" if len(customers) == 1 else "customers"
         print(
             f"{alias} ({describe(alias)}): {word} {', '.join(map(str, customers))}; "
             f"{len(orders)} orders"
         )
+        owners = {customer for _, customer in orders}
         misplaced = sorted(
-            key for key in {*customers, *orders} if dbfleet.shard_for(Customer, key) != alias
+            key for key in {*customers, *owners} if dbfleet.shard_for(Customer, key) != alias
         )
         if misplaced:
             stop(f"{alias} holds rows of customers {misplaced}, whose key is elsewhere.")
+        # Each order's id carries the slot of its customer, so it names this shard too.
+        strays = [number for number, customer in orders if ids.parse(number).slot != slot(customer)]
+        if strays:
+            stop(f"{alias} holds orders {strays}, whose ids do not carry their customer's slot.")
         customers_seen, orders_seen = customers_seen + len(customers), orders_seen + len(orders)
     if (customers_seen, orders_seen) != (len(CUSTOMERS), len(ORDERS)):
         stop(
@@ -236,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     migrate()
     steps.heading("Writes go to the shard of their key (Customer by id, Order by customer)")
     store()
-    steps.heading("A read with the key runs on one shard")
+    steps.heading("A read with the key, or with an order's id, runs on one shard")
     one_shard()
     steps.heading("A read without it runs on every shard: ORDER BY and LIMIT, merged")
     fan_out()

@@ -17,9 +17,13 @@ class Customer(models.Model):
 
 
 class Order(models.Model):
-    """On its customer's shard: sharded by ``customer``, the same key as the customer."""
+    """On its customer's shard: sharded by ``customer``, the same key as the customer.
 
-    id = models.BigIntegerField(primary_key=True)
+    Its id is given when it is written, unique over every shard, and carries the
+    customer's slot: ``Order.objects.get(pk=...)`` finds the shard from the id alone.
+    """
+
+    id = dbfleet.FleetIdField(primary_key=True)
     customer = models.ForeignKey(Customer, models.CASCADE)
     total = models.DecimalField(max_digits=8, decimal_places=2)
     placed = models.DateField()

@@ -38,10 +38,6 @@ DBFLEET = {
 }
 
 INSTALLED_APPS = ["dbfleet", "shop"]
-# Order ids are unique on each shard only (dbfleet.W010); the demo numbers them itself,
-# customer * 100 + n, so they are unique everywhere. A dbfleet.FleetIdField primary
-# key would be, without that care.
-SILENCED_SYSTEM_CHECKS = ["dbfleet.W010"]
 
 SECRET_KEY = "shop-example-not-secret"
 DEBUG = False
