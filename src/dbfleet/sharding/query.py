@@ -22,7 +22,7 @@ import itertools
 import operator
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,13 +30,16 @@ from decimal import Decimal
 from functools import total_ordering
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Avg, Count, F, Func, Max, Min, Sum, signals
-from django.db.models.expressions import Col
+from django.db.models.expressions import Col, Ref
+from django.db.models.fields.reverse_related import ForeignObjectRel
 from django.db.models.functions import Coalesce
-from django.db.models.lookups import Exact, In
+from django.db.models.lookups import Exact, In, Lookup
 from django.db.models.query import (
     MAX_GET_RESULTS,
     FlatValuesListIterable,
@@ -45,20 +48,36 @@ from django.db.models.query import (
     ValuesListIterable,
     prefetch_related_objects,
 )
+from django.db.models.sql.datastructures import Join
+from django.db.models.sql.query import Query
 from django.db.models.sql.where import AND, OR, ExtraWhere, WhereNode
 
 from dbfleet import vendors
 from dbfleet.conf import clears_on_reset, get_topology
 from dbfleet.exceptions import CrossShardError, ShardKeyRequired
-from dbfleet.sharding.slots import KEY_SEEN, ShardKey, database_of, shard_key
+from dbfleet.sharding.ids import assign
+from dbfleet.sharding.slots import (
+    KEY_SEEN,
+    ShardKey,
+    database_of,
+    refuse_key_change,
+    shard_key,
+    unallocated,
+)
 from dbfleet.topology import ShardGroup
 from dbfleet.transactions import atomic
 
 M = TypeVar("M", bound=models.Model)
+#: The querysets being evaluated on a database they chose, in this thread or task.
+_RUNNING_ON: contextvars.ContextVar[tuple[tuple[Any, str], ...]] = contextvars.ContextVar(
+    "dbfleet_running_on", default=()
+)
 T = TypeVar("T")
 #: At most this many databases are queried at once by one fan-out.
 FAN_OUT_THREADS = 8
 MERGEABLE = (Count, Sum, Min, Max, Avg)
+#: The fan-out threads' names start so; one that fans out again does it itself, in order.
+POOL_NAME = "dbfleet-fan-out"
 
 
 def _key_databases(node: Any, key: ShardKey, alias: str) -> set[str] | None:
@@ -77,6 +96,8 @@ def _key_databases(node: Any, key: ShardKey, alias: str) -> set[str] | None:
         return None
     if node.lhs.alias != alias or node.lhs.target.column != key.field.column:
         return None
+    if hasattr(node.rhs, "resolve_expression"):
+        return None  # A subquery (key__in=<queryset>): only the database knows.
     values = [node.rhs] if isinstance(node, Exact) else list(node.rhs)
     if any(hasattr(value, "resolve_expression") for value in values):
         return None  # A subquery or an expression: only the database knows.
@@ -172,19 +193,59 @@ def _local_tables(group: ShardGroup, reference_only: bool) -> frozenset[str]:
 
 
 def _selected_related(meta: Any, select_related: Any, depth: int) -> Iterator[Any]:
-    """The models ``select_related`` joins (``True``: every non-null foreign key, as Django)."""
+    """The relations ``select_related`` follows (``True``: every non-null foreign key)."""
     if select_related is True:
         if depth <= 0:
             return
         for field in meta.concrete_fields:
             if field.is_relation and not field.null:
-                yield field.related_model
+                yield field
                 yield from _selected_related(field.related_model._meta, True, depth - 1)
         return
     for name, more in (select_related or {}).items():
-        related = meta.get_field(name).related_model
-        yield related
-        yield from _selected_related(related._meta, more, depth)
+        field = meta.get_field(name)
+        yield field
+        yield from _selected_related(field.related_model._meta, more, depth)
+
+
+def _co_located(relation: Any, group: ShardGroup) -> bool:
+    """Whether the rows a relation joins are on the shard of the rows it joins them to.
+
+    A reference model is whole on every shard. Two sharded models are co-located
+    through a foreign key that is the key of the one and points at the key of the
+    other (``Order.customer`` to ``Customer.id``, the customers' key).
+    """
+    field = relation.field if isinstance(relation, ForeignObjectRel) else relation
+    ends = (field.model, field.related_model)
+    if any(model._meta.label_lower in group.reference for model in ends):
+        return True
+    mine, theirs = shard_key(ends[0]), shard_key(ends[1])
+    return (
+        mine is not None
+        and theirs is not None
+        and mine.field is field
+        and theirs.field.column == field.target_field.column
+    )
+
+
+def _subqueries(node: Any) -> Iterator[Any]:
+    """The inner queries of a WHERE clause or an expression (``__in=<queryset>``, Exists)."""
+    if isinstance(node, Query):
+        yield node
+        return
+    inner = getattr(node, "query", None)
+    if isinstance(inner, Query):
+        yield inner
+        return
+    if isinstance(node, WhereNode):
+        for child in node.children:
+            yield from _subqueries(child)
+    elif isinstance(node, Lookup):
+        yield from _subqueries(node.lhs)
+        yield from _subqueries(node.rhs)
+    elif hasattr(node, "get_source_expressions"):
+        for expression in node.get_source_expressions():
+            yield from _subqueries(expression)
 
 
 def _has_extra_where(node: Any) -> bool:
@@ -263,33 +324,67 @@ class ShardedQuerySet(models.QuerySet[M]):
 
     @property
     def db(self) -> str:
-        """The database this query runs on (while it runs on one it chose itself: that one)."""
-        chosen: str | None = self.__dict__.get("_dbfleet_db")
-        return chosen or super().db
+        """The database this query runs on: pinned, or the one it routes to.
+
+        While it is being evaluated on a database it chose itself, that one. A
+        query over several shards has no one database: this is the first of them.
+        """
+        for queryset, alias in _RUNNING_ON.get():
+            if queryset is self:
+                return alias
+        if self._db is None and not self._for_write:
+            return self._targets()[0]
+        return super().db
 
     @contextmanager
     def _running_on(self, alias: str) -> Iterator[None]:
         """Let Django evaluate this very queryset on ``alias``, without a clone.
 
-        Only for the evaluation itself: a queryset derived from it afterwards
-        routes itself again.
+        Only in this thread or task, and only for the evaluation itself: a
+        queryset derived from it afterwards routes itself again.
         """
-        self.__dict__["_dbfleet_db"] = alias
+        token = _RUNNING_ON.set((*_RUNNING_ON.get(), (self, alias)))
         try:
             yield
         finally:
-            del self.__dict__["_dbfleet_db"]
+            _RUNNING_ON.reset(token)
 
     def _check_joins(self, group: ShardGroup) -> None:
-        """Refuse a join that a shard cannot answer: to a model that is not on it whole."""
+        """Refuse a join or a subquery that a shard cannot answer on its own."""
         query = self.query
+        for inner in _subqueries(query.where):
+            if inner.model._meta.label_lower not in group.reference:
+                raise CrossShardError(
+                    f"{self.model._meta.label}: a subquery on {inner.model._meta.label} would "
+                    f"run on each shard apart, against that shard's rows only (or none): "
+                    "evaluate it first (list(...)) and filter on the list, or query a "
+                    "reference model."
+                )
         if not query.select_related and len(query.alias_map) <= 1:
             return  # Its own table only.
         key = shard_key(self.model)
         local = _local_tables(group, reference_only=key is None)
+        relations = [
+            *_selected_related(self.model._meta, query.select_related, query.max_depth),
+            *(join.join_field for join in query.alias_map.values() if isinstance(join, Join)),
+        ]
+        apart = [
+            relation
+            for relation in relations
+            if key is not None
+            and relation.related_model._meta.db_table in local
+            and not _co_located(relation, group)
+        ]
+        if apart:
+            relation = apart[0]
+            raise CrossShardError(
+                f"{self.model._meta.label}: this query joins {relation.related_model._meta.label}"
+                f" through {relation.name!r}, which is not a shard key: the related rows may "
+                "be on another shard. Query the other model apart, or make it a reference model."
+            )
         joined = [
-            model._meta.db_table
-            for model in _selected_related(self.model._meta, query.select_related, query.max_depth)
+            field.related_model._meta.db_table
+            for field in _selected_related(self.model._meta, query.select_related, query.max_depth)
         ]
         joined += [join.table_name for join in query.alias_map.values()]
         joined = [table for table in joined if table not in local]
@@ -370,7 +465,11 @@ class ShardedQuerySet(models.QuerySet[M]):
         other, so that it sees (and takes part in) the transaction.
         """
         clones = [self._on(alias) for alias in targets]
-        if len(clones) == 1 or any(connections[alias].in_atomic_block for alias in targets):
+        if (
+            len(clones) == 1
+            or any(connections[alias].in_atomic_block for alias in targets)
+            or threading.current_thread().name.startswith(POOL_NAME)  # A fan-out in a fan-out.
+        ):
             return [work(clone) for clone in clones]
         pool = _fan_out_pool()
         futures = [
@@ -399,8 +498,23 @@ class ShardedQuerySet(models.QuerySet[M]):
                     f"by its own fields only, not {term!r}. Filter on the shard key, or "
                     "use for_key() or on_shard()."
                 )
+            name = term.lstrip("-+")
+            if name in query.annotations and name not in query.annotation_select:
+                raise CrossShardError(
+                    f"{self.model._meta.label}: a query over several shards is merged by what it "
+                    f"is ordered by, and {name!r} is an alias() it does not select: use "
+                    "annotate() instead."
+                )
+            if name not in query.annotations and name != "pk":
+                field = self.model._meta.get_field(name)
+                if field.is_relation and field.related_model._meta.ordering:  # type: ignore[union-attr]
+                    raise CrossShardError(
+                        f"{self.model._meta.label}: order_by({name!r}) sorts by "
+                        f"{field.related_model._meta.label}'s Meta.ordering, which a merge of "  # type: ignore[union-attr]
+                        f"several shards cannot read: order by {name + '_id'!r} or by its fields."
+                    )
             # reverse() (and so last()) flips every term.
-            found.append((term.lstrip("-+"), term.startswith("-") != (not query.standard_ordering)))
+            found.append((name, term.startswith("-") != (not query.standard_ordering)))
         return found
 
     def _ordering(
@@ -520,10 +634,7 @@ class ShardedQuerySet(models.QuerySet[M]):
                 return row[:width]
 
         else:
-            raise CrossShardError(
-                f"{self.model._meta.label}: values_list(named=True) over several shards is "
-                "not supported; use values(), or filter on the shard key."
-            )
+            raise self._no_named_rows()
         values: Any = models.QuerySet.values_list(clone, *names)
         return values, _Merge(shape, names, sort_keys)
 
@@ -551,6 +662,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         else:
             rows = itertools.chain.from_iterable(results)
         if query.distinct:
+            if how.names is not None and not how.tagged:
+                self._refuse_text(targets[0], how.names, "distinct()")
             rows = _unique(rows)
         if query.is_sliced:
             rows = itertools.islice(rows, query.low_mark, query.high_mark)
@@ -595,6 +708,12 @@ class ShardedQuerySet(models.QuerySet[M]):
         )
 
     def _check_fan_out(self) -> None:
+        if self.query.combinator:
+            raise CrossShardError(
+                f"{self.model._meta.label}: {self.query.combinator}() over several shards would "
+                "combine each shard's rows apart; combine the merged lists in Python, or "
+                "run it on one shard with for_key() or on_shard()."
+            )
         if self.query.select_for_update:
             raise CrossShardError(
                 f"{self.model._meta.label}: select_for_update() cannot lock rows on several "
@@ -623,6 +742,9 @@ class ShardedQuerySet(models.QuerySet[M]):
         query = self.query
         if self._fields is None or not isinstance(query.group_by, tuple):
             return {}
+        pk = self.model._meta.pk.column
+        if any(isinstance(column, Col) and column.target.column == pk for column in query.group_by):
+            return {}  # annotate() before values(): a group per row, each on one shard.
         found = {}
         # Ordered by, if not selected: the merge computes them too.
         ordered = {term.lstrip("-+") for term in query.order_by if isinstance(term, str)}
@@ -652,17 +774,19 @@ class ShardedQuerySet(models.QuerySet[M]):
             aggregate = copy.copy(aggregate)
             aggregate.default = default
             merges[name] = self._split_aggregate(name, aggregate, per_shard)
-        selected = getattr(clone.query, "selected", None) or {}  # Django 5.2 and later.
         for name, expression in per_shard.items():
             clone.query.annotations.pop(name, None)
-            selected.pop(name, None)
             clone.query.add_annotation(expression, name)
+            if getattr(clone.query, "selected", None) is not None:  # Django 5.2 and later.
+                clone.query.selected[name] = name
         clone._iterable_class = ValuesIterable
         names = [
             name
             for name in (*clone.query.values_select, *clone.query.annotation_select)
             if name not in per_shard and name not in merges
         ]
+        self._refuse_unselected_groups(names)
+        self._refuse_text(targets[0], names, "grouped")
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for rows in clone._each(list, targets):
             for row in rows:
@@ -699,6 +823,58 @@ class ShardedQuerySet(models.QuerySet[M]):
             merged = merged[query.low_mark : query.high_mark]
         return [self._shape_group(row) for row in merged]
 
+    def _no_named_rows(self) -> CrossShardError:
+        return CrossShardError(
+            f"{self.model._meta.label}: values_list(named=True) over several shards is "
+            "not supported; use values(), or filter on the shard key."
+        )
+
+    def _refuse_unselected_groups(self, names: list[str]) -> None:
+        """Groups are merged by their values: each value grouped by must be selected."""
+        query = self.query
+        for column in query.group_by if isinstance(query.group_by, tuple) else ():
+            selected = (
+                column.refs in names
+                if isinstance(column, Ref)
+                else isinstance(column, Col)
+                and any(
+                    name in (column.target.name, column.target.attname)
+                    for name in query.values_select
+                )
+            )
+            if not selected:
+                raise CrossShardError(
+                    f"{self.model._meta.label}: groups merged from several shards must select "
+                    f"every value they are grouped by ({column!r} is not); select it in "
+                    "values(), or filter on the shard key."
+                )
+
+    def _refuse_text(self, alias: str, names: Iterable[str], what: str) -> None:
+        """Refuse to compare text in Python where the engine's collation says otherwise.
+
+        MariaDB's collations (``utf8mb4_unicode_ci``) take ``"Paid"`` and ``"paid"``
+        for one value: groups, distinct values and Min/Max of text from several
+        shards cannot be merged in Python as one database would.
+        """
+        connection = connections[alias]
+        vendor = vendors.of(connection)
+        for name in names:
+            try:
+                field = self.model._meta.get_field(name)
+            except FieldDoesNotExist:
+                continue
+            if not isinstance(field, models.CharField | models.TextField):
+                continue
+            if vendor.text_sort_key is not None or not vendor.sorts_text_by_code_point(
+                connection, field.db_collation
+            ):
+                raise CrossShardError(
+                    f"{self.model._meta.label}: text {what} over several shards ({name!r}) "
+                    f"compares under {connection.vendor}'s collation, which Python cannot "
+                    "reproduce when it merges the shards' answers. Filter on the shard key, or "
+                    "use for_key() or on_shard()."
+                )
+
     def _shape_group(self, row: dict[str, Any]) -> Any:
         """A merged group as values() or values_list() gives it."""
         query = self.query
@@ -711,10 +887,7 @@ class ShardedQuerySet(models.QuerySet[M]):
             return row[fields[0]]
         if iterable is ValuesListIterable:
             return tuple(row[name] for name in fields or names)
-        raise CrossShardError(
-            f"{self.model._meta.label}: values_list(named=True) over several shards is "
-            "not supported; use values(), or filter on the shard key."
-        )
+        raise self._no_named_rows()
 
     def iterator(self, chunk_size: int | None = None) -> Iterator[M]:
         targets = self._targets()
@@ -748,6 +921,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         if len(targets) == 1:
             with self._running_on(targets[0]):
                 return models.QuerySet.exists(self)
+        if self.query.is_sliced:
+            return bool(self._chain()[:1])  # The slice is of the merged rows.
         return any(self._each(models.QuerySet.exists, targets))
 
     def get(self, *args: Any, **kwargs: Any) -> M:
@@ -772,7 +947,10 @@ class ShardedQuerySet(models.QuerySet[M]):
                     f"get() returned more than one {self.model._meta.object_name} -- it "
                     f"returned {len(rows) if len(rows) < MAX_GET_RESULTS else 'more than 20'}!"
                 )
+        elif clone.query.is_sliced:  # latest(), earliest(), qs[5:6].get(): of the merged rows.
+            rows = list(clone)
         else:
+            clone._check_fan_out()
             rows = list(
                 itertools.chain.from_iterable(clone._each(lambda qs: list(qs[:2]), targets))
             )
@@ -785,7 +963,8 @@ class ShardedQuerySet(models.QuerySet[M]):
                 f"{self.model._meta.object_name} matching query does not exist."
             )
         raise self.model.MultipleObjectsReturned(
-            f"get() returned more than one {self.model._meta.object_name} (on several shards)."
+            f"get() returned more than one {self.model._meta.object_name} -- it returned "
+            f"{len(found)} or more, from several shards!"
         )
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -819,10 +998,11 @@ class ShardedQuerySet(models.QuerySet[M]):
         default = aggregate.default
         plain = copy.deepcopy(aggregate)
         plain.default = None  # A default is applied once, after the merge.
-        if isinstance(aggregate, Count) and aggregate.distinct and not self._counts_key(plain):
+        if aggregate.distinct and not (isinstance(aggregate, Count) and self._counts_key(plain)):
             raise CrossShardError(
-                f"{self.model._meta.label}: Count(distinct=True) over several shards counts "
-                "a value once per shard; count the shard key, or filter on it."
+                f"{self.model._meta.label}: {type(aggregate).__name__}(distinct=True) over "
+                "several shards would take a value once per shard; only a Count of the shard "
+                "key is exact. Filter on the key, or use for_key()."
             )
 
         def values(answers: list[dict[str, Any]], key: str) -> list[Any]:
@@ -850,6 +1030,10 @@ class ShardedQuerySet(models.QuerySet[M]):
         per_shard[name] = plain
         if isinstance(aggregate, Count):
             return lambda answers: sum(answer[name] for answer in answers)
+        if isinstance(aggregate, Min | Max):
+            source = aggregate.source_expressions[0]
+            of = source.target.name if isinstance(source, Col) else getattr(source, "name", "")
+            self._refuse_text(self._group().databases[0], [of], f"{type(aggregate).__name__}()")
         pick: Callable[[list[Any]], Any] = (
             sum if isinstance(aggregate, Sum) else min if isinstance(aggregate, Min) else max
         )
@@ -960,15 +1144,55 @@ class ShardedQuerySet(models.QuerySet[M]):
             "transaction, on one database: include the shard key in its lookups."
         )
 
-    def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
-        from dbfleet.sharding.ids import assign
+    def bulk_update(
+        self, objs: Iterable[M], fields: Iterable[str], batch_size: int | None = None
+    ) -> int:
+        """Each instance updated on its own shard (a reference model's, on every copy)."""
+        objs, fields, key = list(objs), list(fields), shard_key(self.model)
+        if key is not None and (key.field.name in fields or key.attname in fields):
+            raise CrossShardError(
+                f"{self.model._meta.label}: bulk_update() cannot change the shard key "
+                f"{key.field.name!r}: the rows would stay on the old key's shard."
+            )
+        pinned = self._pinned()
+        if pinned is not None or key is None:
+            targets = [pinned] if pinned is not None else list(self._group().databases)
+            with self._writing(targets):
+                counts = [
+                    models.QuerySet.bulk_update(self.using(alias), objs, fields, batch_size)
+                    for alias in targets
+                ]
+            return self._rows(counts)
+        batches: dict[str, list[M]] = {}
+        for obj in objs:
+            batches.setdefault(obj._state.db or database_of(obj), []).append(obj)
+        with atomic(*batches):
+            return sum(
+                models.QuerySet.bulk_update(self.using(alias), batch, fields, batch_size)
+                for alias, batch in batches.items()
+            )
 
+    async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[M]:
+        """``iterator()``, routed and merged as it is, a chunk at a time off the event loop."""
+        rows = await sync_to_async(self.iterator)(chunk_size)
+
+        def chunk() -> list[M]:
+            return list(itertools.islice(rows, chunk_size))
+
+        while found := await sync_to_async(chunk)():
+            for row in found:
+                yield row
+
+    def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
         objs = list(objs)
         pinned = self._pinned()
         # FleetIdField values first, before any write's transaction: one round trip per
         # database, and each row's id (its slot) then says where it goes.
         assign(self.model, objs, pinned)
         key = shard_key(self.model)
+        if pinned is not None and key is not None:
+            for obj in objs:
+                _refuse_misplaced(obj, pinned)
         if pinned is not None or key is None:
             targets = [pinned] if pinned is not None else list(self._group().databases)
             with self._writing(targets):
@@ -992,7 +1216,7 @@ def _fan_out_pool() -> ThreadPoolExecutor:
     """The process's fan-out threads (started on first use, and anew in a forked child)."""
     with _POOL_LOCK:
         if not _POOL:
-            _POOL.append(ThreadPoolExecutor(FAN_OUT_THREADS - 1, "dbfleet-fan-out"))
+            _POOL.append(ThreadPoolExecutor(FAN_OUT_THREADS - 1, POOL_NAME))
         return _POOL[0]
 
 
@@ -1013,8 +1237,10 @@ FAN_OUT_WRAPPERS: contextvars.ContextVar[
 def _in_worker(work: Callable[[Any], T], clone: ShardedQuerySet[Any]) -> T:
     """``work`` on a fan-out thread, on the thread's own connection to the clone's database.
 
-    The connection is kept as Django keeps a request's: closed after use unless
-    ``CONN_MAX_AGE`` says to keep it (then reused while usable and not too old).
+    Its connections are kept as Django keeps a request's: closed after use unless
+    ``CONN_MAX_AGE`` says to keep them (then reused while usable and not too old).
+    That is every connection the work opened (a related query, or a fan-out of
+    its own run in order here), not just the clone's.
     """
     connection = connections[clone._db or ""]
     connection.close_if_unusable_or_obsolete()
@@ -1024,8 +1250,9 @@ def _in_worker(work: Callable[[Any], T], clone: ShardedQuerySet[Any]) -> T:
                 stack.enter_context(wrapper(connection))
             return work(clone)
     finally:
-        if connection.settings_dict["CONN_MAX_AGE"] == 0:  # None: kept for good.
-            connection.close()
+        for opened in connections.all(initialized_only=True):
+            if opened.settings_dict["CONN_MAX_AGE"] == 0:  # None: kept for good.
+                opened.close()
 
 
 def close_fan_out_connections(timeout: float = 10.0) -> None:
@@ -1073,6 +1300,37 @@ def _remember_key(sender: type[models.Model], instance: models.Model, **kwargs: 
     values = instance.__dict__
     if attname is not None and attname in values:
         values[KEY_SEEN] = values[attname]
+
+
+def _refuse_misplaced(instance: models.Model, using: str) -> None:
+    """Raise CrossShardError unless ``instance`` is written where its key lives."""
+    key = shard_key(type(instance))
+    if key is None or (key.picks_slot and unallocated(getattr(instance, key.attname))):
+        return  # Its own id, still to come: it takes a slot of the database written to.
+    where = database_of(instance)
+    if where != using:
+        name = key.field.name
+        raise CrossShardError(
+            f"{type(instance)._meta.label} {instance.pk!r}: its shard key {name!r} lives on "
+            f"{where!r}, and it is being written to {using!r}, where no query with its key "
+            f"would find it. Save it without using= (or on {where!r})."
+        )
+
+
+def _check_placement(
+    sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any
+) -> None:
+    """pre_save: a sharded row is written where its key lives, and a saved row's key stays."""
+    if raw or shard_key(sender) is None:
+        return  # loaddata writes where it is told; a reference model has no key.
+    refuse_key_change(instance)
+    if not instance._state.adding and instance._state.db not in (None, using):
+        raise CrossShardError(
+            f"{sender._meta.label} {instance.pk!r} was read from {instance._state.db!r} and is "
+            f"being saved to {using!r}: its shard key changed, and a saved row stays where its "
+            "key put it. Create it anew under the new key and delete the old one."
+        )
+    _refuse_misplaced(instance, using)
 
 
 def _reference_group(model: type[models.Model]) -> ShardGroup | None:
@@ -1133,4 +1391,5 @@ class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ig
             return  # Its concrete models get a copy of this manager.
         for signal in (signals.post_init, signals.post_save):
             signal.connect(_remember_key, sender=cls, weak=False, dispatch_uid=KEY_SEEN)
+        signals.pre_save.connect(_check_placement, sender=cls, weak=False, dispatch_uid=KEY_SEEN)
         _writes_every_copy(cls)
