@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements"
 MYSQL_LOCK = REQUIREMENTS / "mysql.txt"
 REPORTS = ROOT / ".reports"
-CONFIGURATIONS = ("sqlite", "postgres", "mysql", "mixed", "replication")
+CONFIGURATIONS = ("sqlite", "postgres", "mysql", "mixed", "replication", "analytics")
 #: The configurations with a MariaDB database (tests/settings.py's ENGINES).
 MYSQL_CONFIGURATIONS = frozenset({"mysql", "mixed"})
 MYSQL_INSTALL = "apt-get install libmariadb-dev pkg-config gcc (Debian/Ubuntu)"
@@ -403,13 +403,17 @@ def test(args: argparse.Namespace) -> None:
         installed6 = ensure_venv(
             other, ROOT / ".venv-django6", REQUIREMENTS / "django6.txt", mysql=True
         )
-        # "mixed" puts all three engines in one project. The crash tests (a minute of
-        # killed processes) ran once already.
+        # "mixed" puts all three engines in one project, "analytics" adds ClickHouse
+        # (django-clickhouse-backend has code of its own for Django 6). The crash tests
+        # (a minute of killed processes) ran once already.
         planned += suites(
-            installed6, "django6", ("mixed",), ["--ignore=tests/test_crash.py", *args.pytest_args]
+            installed6,
+            "django6",
+            ("mixed", "analytics"),
+            ["--ignore=tests/test_crash.py", *args.pytest_args],
         )
     # The longest first, so that the last to start is a short one.
-    order = ("mixed", "postgres", "mysql", "sqlite", "replication")
+    order = ("mixed", "postgres", "mysql", "sqlite", "analytics", "replication")
     planned.sort(key=lambda suite: order.index(suite.configuration))
     failed = run_suites(planned, test_jobs())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -24,6 +25,9 @@ from django.conf import settings
 from django.db import connections
 
 DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb"}
+#: What a database on chDB needs installed (the [chdb] extra), found without importing it:
+#: chDB is loaded by the first connection, never by a check that it is there.
+CHDB_PACKAGES = ("chdb", "clickhouse_backend")
 #: (primary, replica) clusters of the replication configuration.
 CLUSTERS = pytest.StashKey[Any]()
 
@@ -41,6 +45,14 @@ def unavailable() -> str | None:
     """Why this configuration's servers cannot be used, or None when they can."""
     for alias, config in settings.DATABASES.items():
         vendor = config["ENGINE"].rsplit(".", 1)[-1]
+        if vendor == "chdb":
+            missing = [name for name in CHDB_PACKAGES if importlib.util.find_spec(name) is None]
+            if missing:
+                return (
+                    f"{alias!r} is on chDB, which needs {', '.join(missing)}: "
+                    "pip install 'django-dbfleet[chdb]' (python3 dev.py installs it)"
+                )
+            continue
         if vendor not in DRIVERS:
             continue
         try:
@@ -95,9 +107,14 @@ def prepared_transactions_missing() -> str | None:
 OWN_DATABASES = {
     "tests/test_crash.py": "mixed",
     "tests/replication/test_streaming.py": "replication",
+    "tests/test_clickhouse.py": "analytics",
+    "tests/test_clickhouse_fleet.py": "analytics",
+    "tests/test_analytics_sync.py": "analytics",
 }
-#: Configurations that run only their own tests.
-ONLY_OWN = {"replication"}
+#: Configurations that run only their own tests. The analytics one loads chDB, and a
+#: process that loaded it must not fork (the crash tests do); its own tests are the
+#: ClickHouse ones, and the rest run in every other configuration.
+ONLY_OWN = {"replication", "analytics"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

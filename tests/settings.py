@@ -8,6 +8,11 @@
 - ``replication``: ``default`` on a PostgreSQL cluster the run creates, with a real
   streaming replica ``replica1``; ``books`` and ``loans`` on SQLite. Only
   ``tests/replication`` runs in it.
+- ``analytics``: ``default`` on PostgreSQL, ``books`` and ``loans`` on SQLite, and
+  ``warehouse`` on embedded ClickHouse (chDB) with the ``tests.warehouse`` app routed
+  to it. Its data directory is ``DBFLEET_TEST_CHDB_DIR`` (default: ``PREFIX_chdb`` in the
+  temporary directory). Only the ClickHouse tests run in it: chDB must not be loaded in
+  a process that forks, as the crash tests do.
 
 Servers are found at ``DBFLEET_TEST_POSTGRES_URL`` (default
 ``postgres://postgres@127.0.0.1:5432``) and ``DBFLEET_TEST_MYSQL_URL`` (default
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from typing import Any
 
 import dj_database_url
@@ -38,7 +44,12 @@ ENGINES = {
     "mysql": {"default": "mysql", "books": "mysql", "loans": "mysql"},
     "mixed": {"default": "postgres", "books": "mysql", "loans": "sqlite"},
     "replication": {"default": "postgres", "books": "sqlite", "loans": "sqlite"},
+    "analytics": {"default": "postgres", "books": "sqlite", "loans": "sqlite", "warehouse": "chdb"},
 }[CONFIGURATION]
+#: chDB's data directory (one per process): the analytics configuration's ClickHouse databases.
+CHDB_DIR = os.environ.get("DBFLEET_TEST_CHDB_DIR") or os.path.join(
+    tempfile.gettempdir(), f"{PREFIX}_chdb"
+)
 
 
 def database(alias: str, prefix: str = PREFIX, directory: str = "") -> dict[str, Any]:
@@ -47,6 +58,11 @@ def database(alias: str, prefix: str = PREFIX, directory: str = "") -> dict[str,
     if engine == "sqlite":
         name = os.path.join(directory, f"{prefix}_{alias}.sqlite3")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
+    if engine == "chdb":
+        # A database in chDB's data directory; UPDATE and DELETE return once applied.
+        path = os.path.join(directory, "chdb") if directory else CHDB_DIR
+        options = {"path": path, "settings": {"mutations_sync": 1}}
+        return {"ENGINE": "dbfleet.backends.chdb", "NAME": f"{prefix}_{alias}", "OPTIONS": options}
     url = POSTGRES_URL if engine == "postgres" else MYSQL_URL
     config: dict[str, Any] = dict(dj_database_url.parse(f"{url}/{prefix}_{alias}"))
     # A server that never answers fails a connection in seconds (dbfleet.W006).
@@ -85,6 +101,11 @@ ROUTES = {
     "loans": "loans",
     "bank.Vault": "books",
 }
+if "warehouse" in ENGINES:
+    from tests.synced import ROUTES as SYNCED_ROUTES
+
+    ROUTES["warehouse"] = "warehouse"
+    ROUTES.update(SYNCED_ROUTES)
 DBFLEET = {"ROUTES": ROUTES, "REPLICAS": {"default": [REPLICA]}, "WRITE_GUARD": "raise"}
 
 INSTALLED_APPS = [
@@ -98,6 +119,7 @@ INSTALLED_APPS = [
     "tests.loans",
     "tests.bank",
     "tests.shop",
+    *(["tests.warehouse", "tests.synced"] if "warehouse" in ENGINES else []),
 ]
 SECRET_KEY = "dbfleet-tests"
 # What the admin needs (tests/test_admin.py drives it through its views).

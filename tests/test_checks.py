@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -412,6 +413,18 @@ DATABASE_CHECKS = {
     CheckId.REPLICA_DOES_NOT_REPLICATE,
     CheckId.UNAPPLIED_MIGRATIONS,
     CheckId.MIGRATIONS_UNKNOWN,
+    # ClickHouse databases: in a process of their own (tests/warehouse/check_settings.py).
+    CheckId.CLICKHOUSE_IN_REPLICAS,
+    CheckId.CLICKHOUSE_IN_SHARD_GROUP,
+    CheckId.CLICKHOUSE_DEFAULT_DATABASE,
+    CheckId.CHDB_WITHOUT_PATH,
+    CheckId.CHDB_PATHS_DIFFER,
+    # Synced models: in a process of their own (tests/synced_broken/check_settings.py).
+    CheckId.SYNCED_SOURCE_NOT_FOUND,
+    CheckId.SYNCED_FIELD_UNMAPPED,
+    CheckId.SYNCED_FIELD_UNKNOWN,
+    CheckId.SYNCED_COPY_NOT_ON_CLICKHOUSE,
+    CheckId.SYNCED_SOURCE_NOT_CAPTURED,
 }
 #: Ids no longer reported (their problem got another id); kept, never reused.
 RETIRED = {CheckId.UNHINTED_OPERATION}
@@ -841,3 +854,155 @@ def test_w010_unique_without_shard_key() -> None:
     keys = {"shop.Customer": "id", "shop.Order": "customer"}
     message = only(shards(keys=keys, reference=["shop.Product"]), "dbfleet.W010")
     assert "shop.Order: id is unique on each shard only" in message.msg
+
+
+@pytest.fixture(scope="module")
+def clickhouse_problems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """Check id -> the messages (with their hints) of ``check`` on every ClickHouse problem.
+
+    In a process of its own: loading django-clickhouse-backend patches Django, which
+    this process must not be. Nothing connects to the databases.
+    """
+    if importlib.util.find_spec("clickhouse_backend") is None:
+        pytest.skip("needs django-clickhouse-backend: pip install 'django-dbfleet[clickhouse]'")
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--tag", "dbfleet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.warehouse.check_settings",
+            "DBFLEET_CHECK_DIR": str(tmp_path_factory.mktemp("chdb")),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        },
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    found: dict[str, list[str]] = {}
+    for entry in re.split(r"\n(?=\S+: \(dbfleet\.)", result.stderr.split("ERRORS:\n")[1]):
+        check_id = re.search(r"\((dbfleet\.[EW]\d{3})\)", entry)
+        assert check_id is not None, entry
+        found.setdefault(check_id[1], []).append(entry.split("\n\nSystem check")[0])
+    # Each problem with its one id, and nothing else (W005 and W006 keep to their engines).
+    assert set(found) == {f"dbfleet.E04{n}" for n in range(5, 10)}, result.stderr
+    return found
+
+
+def test_e045_clickhouse_in_replicas(clickhouse_problems: dict[str, list[str]]) -> None:
+    replica, primary = sorted(clickhouse_problems["dbfleet.E045"], key=lambda m: "gives" in m)
+    assert "lists 'mirror', a ClickHouse database, as a replica of 'warehouse'" in replica
+    assert "gives 'warehouse', a ClickHouse database, replicas" in primary
+    assert "HINT: Remove 'mirror' from DBFLEET['REPLICAS']" in replica
+
+
+def test_e046_clickhouse_in_a_shard_group(clickhouse_problems: dict[str, list[str]]) -> None:
+    (message,) = clickhouse_problems["dbfleet.E046"]
+    assert "DBFLEET['SHARDS']['logs'] names 'archive', a ClickHouse database" in message
+    assert "HINT: Take 'archive' out of the shard group" in message
+
+
+def test_e047_clickhouse_default_database(clickhouse_problems: dict[str, list[str]]) -> None:
+    (message,) = clickhouse_problems["dbfleet.E047"]
+    assert "DEFAULT_DATABASE is 'events', a ClickHouse database" in message
+    assert "route the ClickHouse models to 'events' with DBFLEET['ROUTES']" in message
+
+
+def test_e048_chdb_without_path(clickhouse_problems: dict[str, list[str]]) -> None:
+    (message,) = clickhouse_problems["dbfleet.E048"]
+    assert "DATABASES['nopath'] is on chDB and has no OPTIONS['path']" in message
+    assert "HINT: Set DATABASES['nopath']['OPTIONS'] = {'path': " in message
+
+
+def test_e049_chdb_paths_differ(clickhouse_problems: dict[str, list[str]]) -> None:
+    (message,) = clickhouse_problems["dbfleet.E049"]
+    assert "different data directories: 'warehouse' (" in message
+    assert "chDB opens one data directory per process" in message
+    assert "HINT: Give them all OPTIONS['path'] = " in message
+
+
+@pytest.fixture(scope="module")
+def synced_problems() -> dict[str, list[str]]:
+    """Check id -> the messages (with their hints) of ``check`` on synced models' problems.
+
+    In a process of its own, as ``clickhouse_problems``: synced models load
+    django-clickhouse-backend. Nothing connects.
+    """
+    if importlib.util.find_spec("clickhouse_backend") is None:
+        pytest.skip("needs django-clickhouse-backend: pip install 'django-dbfleet[clickhouse]'")
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--tag", "dbfleet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.synced_broken.check_settings",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        },
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    found: dict[str, list[str]] = {}
+    for entry in re.split(r"\n(?=\S+: \(dbfleet\.)", result.stderr.split("ERRORS:\n")[1]):
+        check_id = re.search(r"\((dbfleet\.[EW]\d{3})\)", entry)
+        assert check_id is not None, entry
+        found.setdefault(check_id[1], []).append(entry.split("\n\nSystem check")[0])
+    # Each problem with its one id, and nothing else: DeclaredThing declares what it cannot map.
+    assert set(found) == {f"dbfleet.E05{n}" for n in range(5)}, result.stderr
+    assert "DeclaredThing" not in result.stderr
+    return found
+
+
+def test_e050_synced_source_not_found(synced_problems: dict[str, list[str]]) -> None:
+    missing, none = sorted(synced_problems["dbfleet.E050"])
+    assert (
+        "synced_broken.NoSource is a synced model, and its source 'synced_broken.Thin' "
+        "cannot be found: app 'synced_broken' has no model 'Thin'." in missing
+    )
+    assert "Did you mean 'synced_broken.Thing'?" in missing
+    assert (
+        "synced_broken.NoSync is a synced model without a source: it has no `class Sync` "
+        "with a `source`." in none
+    )
+    assert 'HINT: Name an installed model: class Sync: source = "app_label.ModelName"' in none
+
+
+def test_e051_synced_field_unmapped(synced_problems: dict[str, list[str]]) -> None:
+    data, spent = sorted(synced_problems["dbfleet.E051"])
+    assert (
+        "synced_broken.AllOfThing copies synced_broken.Thing.data, a JSONField, which "
+        "has no ClickHouse type dbfleet maps it to." in data
+    )
+    assert "HINT: Declare 'data' on AllOfThing with a field of clickhouse_backend.models" in data
+    assert "Thing.spent, a DurationField" in spent
+
+
+def test_e052_synced_field_unknown(synced_problems: dict[str, list[str]]) -> None:
+    (message,) = synced_problems["dbfleet.E052"]
+    assert (
+        "synced_broken.SomeOfThing's `class Sync: fields` names 'nmae', which is not a "
+        "field of synced_broken.Thing" in message
+    )
+    assert (
+        "HINT: Name fields of synced_broken.Thing: id, name, data, spent. Did you mean "
+        "'name'?" in message
+    )
+
+
+def test_e053_synced_copy_not_on_clickhouse(synced_problems: dict[str, list[str]]) -> None:
+    (message,) = synced_problems["dbfleet.E053"]
+    assert (
+        "synced_broken.Misplaced is a ClickHouse copy of synced_broken.Thing, and it is "
+        "routed to 'default' (django.db.backends.sqlite3)" in message
+    )
+    assert "DBFLEET['ROUTES']['synced_broken'] = 'warehouse'" in message
+
+
+def test_e054_synced_source_not_captured(synced_problems: dict[str, list[str]]) -> None:
+    (message,) = synced_problems["dbfleet.E054"]
+    assert (
+        "synced_broken.FromClickHouse copies synced_broken.Event, which lives in "
+        "'warehouse' (dbfleet.backends.chdb)" in message
+    )
+    assert "HINT: Keep synced_broken.Event on a PostgreSQL, MariaDB/MySQL or SQLite" in message

@@ -28,6 +28,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "replicas": BASE | {"vendors"},
     "transactions": BASE | {"vendors", "routing", "replicas"},
     "migrating": BASE | {"routing", "vendors"},
+    "backends": {"vendors"},
+    "analytics": BASE | {"vendors", "backends"},
     "checks": None,
     "testing": BASE | {"replicas", "sharding"},
     "admin_transactions": BASE | {"transactions", "routing"},

@@ -20,6 +20,7 @@ class DbfleetConfig(AppConfig):
 
             die_with_parent(int(parent))
         from dbfleet import checks  # noqa: F401  (registers the system checks)
+        from dbfleet.analytics.capture import install_after_migrate as capture_after_migrate
         from dbfleet.conf import fleet_settings
         from dbfleet.migrating.lock import lock_before_migrate
         from dbfleet.replicas.guard import install_wrappers
@@ -31,6 +32,9 @@ class DbfleetConfig(AppConfig):
         pre_migrate.connect(lock_before_migrate, dispatch_uid="dbfleet.migration_lock")
         # FleetIdField's counter, once per migrated database (sent for each app: ours only).
         post_migrate.connect(install_after_migrate, sender=self, dispatch_uid="dbfleet.fleet_ids")
+        # The change capture of synced models' sources, after every migrate (a migration
+        # may have rebuilt a table without its triggers).
+        post_migrate.connect(capture_after_migrate, sender=self, dispatch_uid="dbfleet.capture")
         connection_created.connect(install_write_guard, dispatch_uid="dbfleet.write_guard")
         connection_created.connect(install_wrappers, dispatch_uid="dbfleet.replicas")
         for signal in (request_started, request_finished):

@@ -146,6 +146,52 @@ class CheckId(StrEnum):
         "a foreign key from a sharded or reference model to a model of another group (with a "
         "constraint), or from a reference model to a sharded one",
     )
+    CLICKHOUSE_IN_REPLICAS = (
+        "dbfleet.E045",
+        "a ClickHouse database is in `REPLICAS`, as a replica or as a primary (it has no "
+        "transactions for a replica to follow)",
+    )
+    CLICKHOUSE_IN_SHARD_GROUP = (
+        "dbfleet.E046",
+        "a ClickHouse database is in a shard group (its writes cannot be made atomic)",
+    )
+    CLICKHOUSE_DEFAULT_DATABASE = (
+        "dbfleet.E047",
+        "`DEFAULT_DATABASE` is a ClickHouse database (unrouted models and the two-phase "
+        "decision log need transactions)",
+    )
+    CHDB_WITHOUT_PATH = (
+        "dbfleet.E048",
+        'a chDB database has no `OPTIONS["path"]`, its data directory',
+    )
+    CHDB_PATHS_DIFFER = (
+        "dbfleet.E049",
+        'chDB databases have different `OPTIONS["path"]` (chDB opens one data directory per '
+        "process)",
+    )
+    SYNCED_SOURCE_NOT_FOUND = (
+        "dbfleet.E050",
+        "a synced model's `class Sync` names no `source`, or a source that is not an installed "
+        "model",
+    )
+    SYNCED_FIELD_UNMAPPED = (
+        "dbfleet.E051",
+        "a synced model copies a field of its source that has no ClickHouse type dbfleet maps "
+        "it to",
+    )
+    SYNCED_FIELD_UNKNOWN = (
+        "dbfleet.E052",
+        "a synced model's `Sync.fields` names a field its source does not have",
+    )
+    SYNCED_COPY_NOT_ON_CLICKHOUSE = (
+        "dbfleet.E053",
+        "a synced model is routed to a database that is not ClickHouse",
+    )
+    SYNCED_SOURCE_NOT_CAPTURED = (
+        "dbfleet.E054",
+        "a synced model's source lives in a database whose changes dbfleet cannot capture (not "
+        "PostgreSQL, MariaDB/MySQL or SQLite)",
+    )
     REPLICA_MIRRORS_ANOTHER_DATABASE = (
         "dbfleet.W001",
         'a replica\'s `TEST["MIRROR"]` names another database than its primary',

@@ -10,7 +10,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.core.management.commands import migrate
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, router
 from django.db.migrations.recorder import MigrationRecorder
@@ -23,7 +23,7 @@ from dbfleet.migrating.lint import Kind, disk_migrations, lint
 from dbfleet.migrating.plan import first_line, migratable_databases, runs_on
 from dbfleet.replicas import Health, replica_health
 from dbfleet.routing import Router, relations
-from dbfleet.sharding.query import ShardedManager
+from dbfleet.sharding.query import ShardedManager, co_located
 from dbfleet.topology import ShardGroup, Topology, split_route_key
 
 TAG = "dbfleet"
@@ -318,7 +318,9 @@ def check_replica_databases(
             vendor = vendors.of_engine(load_backend(config["ENGINE"]).DatabaseWrapper.vendor)
             obj = f"settings.DATABASES[{replica.alias!r}]"
             theirs = settings.DATABASES.get(primary, {}).get("NAME")
-            if not vendor.replicates and _same_file(config.get("NAME"), theirs) is False:
+            # A ClickHouse replica (it replicates not either) is dbfleet.E045's.
+            sqlite_like = vendor.transactional and not vendor.replicates
+            if sqlite_like and _same_file(config.get("NAME"), theirs) is False:
                 found.append(
                     Warning(
                         f"Replica {replica.alias!r} of {primary!r} is the SQLite file "
@@ -570,14 +572,24 @@ def _shard_relations(
     errors: list[CheckMessage] = []
     for field, related in relations(model):
         there = topology.shard_group_for(related)
-        if there is group:
-            if sharded or related._meta.label_lower in group.reference:
-                continue  # Co-located, or a copy on every shard.
+        if there is group and related._meta.label_lower in group.reference:
+            continue  # A copy on every shard.
+        if there is group and not sharded:
             problem = (
                 f"a reference model, copied to every shard, refers to {related._meta.label}, "
                 "whose rows are each on one shard"
             )
             fix = f"make {related._meta.label} a reference model too, or drop the relation"
+        elif there is group and not co_located(field, group):
+            if not getattr(field, "db_constraint", True):
+                continue  # Soft: queries through it are refused, assigning by id works.
+            problem = (
+                f"it is not {model._meta.label}'s shard key, so the {related._meta.label} it "
+                "refers to may be on another shard"
+            )
+            fix = "make it the shard key, or the relation soft with db_constraint=False"
+        elif there is group:
+            continue  # Co-located by the key.
         elif not getattr(field, "db_constraint", True):
             continue  # Soft, and assigned by id: the router still keeps each side apart.
         else:
@@ -597,6 +609,209 @@ def _shard_relations(
                 hint=f"A shard holds its own rows and the group's reference models only: {fix}.",
                 obj=field,
                 id=CheckId.SHARD_RELATION,
+            )
+        )
+    return errors
+
+
+def _without_transactions() -> list[str]:
+    """The databases without transactions (ClickHouse), known from their settings alone."""
+    found = []
+    for alias, config in settings.DATABASES.items():
+        try:
+            vendor = vendors.of_settings(config)
+        except ImproperlyConfigured:
+            continue  # A backend that cannot load: Django says so when it connects.
+        if not vendor.transactional:
+            found.append(alias)
+    return found
+
+
+@register(TAG)
+def check_clickhouse_databases(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E045-E049: what a ClickHouse database cannot be in the fleet; chDB's data directory."""
+    errors: list[CheckMessage] = []
+    clickhouse = set(_without_transactions())
+    fleet = fleet_settings()
+    for primary, replicas in fleet.replicas.items():
+        listed = {primary: f"gives {primary!r}, a ClickHouse database, replicas"}
+        for replica in replicas:
+            listed[replica.alias] = (
+                f"lists {replica.alias!r}, a ClickHouse database, as a replica of {primary!r}"
+            )
+        for alias, what in listed.items():
+            if alias in clickhouse:
+                errors.append(
+                    Error(
+                        f"DBFLEET['REPLICAS'] {what}: "
+                        "dbfleet reads from a replica what its primary's transactions "
+                        "committed, and ClickHouse has no transactions (it replicates on its "
+                        "own, table by table).",
+                        hint=f"Remove {alias!r} from DBFLEET['REPLICAS']; route ClickHouse "
+                        "models to it with DBFLEET['ROUTES'].",
+                        obj=OBJ,
+                        id=CheckId.CLICKHOUSE_IN_REPLICAS,
+                    )
+                )
+    for group in get_topology().shard_groups.values():
+        for alias in group.databases:
+            if alias in clickhouse:
+                errors.append(
+                    Error(
+                        f"DBFLEET['SHARDS'][{group.name!r}] names {alias!r}, a ClickHouse "
+                        "database: a shard group writes its reference models to every "
+                        "database in one dbfleet.atomic, which ClickHouse, without "
+                        "transactions, cannot make atomic.",
+                        hint=f"Take {alias!r} out of the shard group: route ClickHouse models "
+                        "to it with DBFLEET['ROUTES'] (ClickHouse spreads a table over shards "
+                        "itself, with a Distributed table).",
+                        obj=OBJ,
+                        id=CheckId.CLICKHOUSE_IN_SHARD_GROUP,
+                    )
+                )
+    if fleet.default_database in clickhouse:
+        errors.append(
+            Error(
+                f"DEFAULT_DATABASE is {fleet.default_database!r}, a ClickHouse database: "
+                "unrouted models (auth, contenttypes, sessions, dbfleet's own) live and "
+                "migrate there, and dbfleet.atomic(two_phase=True) records its decisions "
+                "there; they need transactions and unique keys, which ClickHouse has not.",
+                hint="Set DBFLEET['DEFAULT_DATABASE'] (or DATABASES['default']) to a "
+                "PostgreSQL, MariaDB/MySQL or SQLite database, and route the ClickHouse "
+                f"models to {fleet.default_database!r} with DBFLEET['ROUTES'].",
+                obj=OBJ,
+                id=CheckId.CLICKHOUSE_DEFAULT_DATABASE,
+            )
+        )
+    paths: dict[str, str] = {}
+    for alias, config in settings.DATABASES.items():
+        path = vendors.embedded_data_directory(config)
+        if path == "":
+            errors.append(
+                Error(
+                    f"DATABASES[{alias!r}] is on chDB and has no OPTIONS['path']: chDB keeps "
+                    "its databases in a data directory, and NAME is a database in it.",
+                    hint=f"Set DATABASES[{alias!r}]['OPTIONS'] = "
+                    "{'path': BASE_DIR / 'var' / 'warehouse'}.",
+                    obj=f"settings.DATABASES[{alias!r}]",
+                    id=CheckId.CHDB_WITHOUT_PATH,
+                )
+            )
+        elif path is not None:
+            paths[alias] = path
+    if len(set(paths.values())) > 1:
+        named = ", ".join(f"{alias!r} ({path})" for alias, path in paths.items())
+        first = next(iter(paths.values()))
+        errors.append(
+            Error(
+                f"These chDB databases have different data directories: {named}. chDB "
+                "opens one data directory per process, so only the first one used would work.",
+                hint=f"Give them all OPTIONS['path'] = {first!r}: each NAME is a database of "
+                "its own in it.",
+                obj="settings.DATABASES",
+                id=CheckId.CHDB_PATHS_DIFFER,
+            )
+        )
+    return errors
+
+
+@register(TAG, Tags.models)
+def check_synced_models(
+    app_configs: Sequence[Any] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E050-E054: each synced model's source and fields, and where it and its source live."""
+    from dbfleet.analytics.spec import spec_of, synced_models
+
+    errors: list[CheckMessage] = []
+    for model in synced_models():
+        spec = spec_of(model)
+        if spec is None:  # pragma: no cover  (synced_models() has only synced models)
+            continue
+        label = model._meta.label
+        if spec.source is None:
+            labels = [m._meta.label for m in apps.get_models()]
+            errors.append(
+                Error(
+                    (
+                        f"{label} is a synced model, and its source {spec.source_label!r} "
+                        "cannot be found"
+                        if spec.source_label
+                        else f"{label} is a synced model without a source"
+                    )
+                    + f": {spec.problem}.",
+                    hint='Name an installed model: class Sync: source = "app_label.ModelName" '
+                    "(or the model class itself)." + did_you_mean(spec.source_label, labels),
+                    obj=model,
+                    id=CheckId.SYNCED_SOURCE_NOT_FOUND,
+                )
+            )
+            continue
+        source = spec.source._meta.label
+        for unmapped in spec.unmapped:
+            errors.append(
+                Error(
+                    f"{label} copies {source}.{unmapped.field}, a {unmapped.type}, which has "
+                    "no ClickHouse type dbfleet maps it to.",
+                    hint=f"Declare {unmapped.field!r} on {model.__name__} with a field of "
+                    "clickhouse_backend.models that holds its values, or copy the other fields "
+                    f"only: class Sync: fields = [...] without {unmapped.field!r}.",
+                    obj=model,
+                    id=CheckId.SYNCED_FIELD_UNMAPPED,
+                )
+            )
+        names = [field.name for field in spec.source._meta.concrete_fields]
+        for name in spec.unknown:
+            errors.append(
+                Error(
+                    f"{label}'s `class Sync: fields` names {name!r}, which is not a field of "
+                    f"{source} with a column.",
+                    hint=f"Name fields of {source}: {', '.join(names)}."
+                    + did_you_mean(name, names),
+                    obj=model,
+                    id=CheckId.SYNCED_FIELD_UNKNOWN,
+                )
+            )
+        errors += _synced_databases(model, spec.source)
+    return errors
+
+
+def _synced_databases(model: type[models.Model], source: type[models.Model]) -> list[CheckMessage]:
+    """E053-E054: a copy that is not on ClickHouse; a source whose changes are not captured."""
+    errors: list[CheckMessage] = []
+    copy_alias, source_alias = router.db_for_write(model), router.db_for_write(source)
+    found = {}
+    for alias in (copy_alias, source_alias):
+        try:
+            found[alias] = vendors.of_settings(settings.DATABASES.get(alias) or {})
+        except ImproperlyConfigured:
+            found[alias] = vendors.Vendor  # A backend that cannot load: Django says so.
+    label = model._meta.label
+    if found[copy_alias] is not vendors.ClickHouse:
+        engine = settings.DATABASES.get(copy_alias, {}).get("ENGINE", "?")
+        errors.append(
+            Error(
+                f"{label} is a ClickHouse copy of {source._meta.label}, and it is routed to "
+                f"{copy_alias!r} ({engine}), which is not a ClickHouse database.",
+                hint="Route it (or its app) to a database with ENGINE "
+                "'dbfleet.backends.chdb' or 'dbfleet.backends.clickhouse': "
+                f"DBFLEET['ROUTES'][{model._meta.app_label!r}] = 'warehouse'.",
+                obj=model,
+                id=CheckId.SYNCED_COPY_NOT_ON_CLICKHOUSE,
+            )
+        )
+    if not found[source_alias].captures_changes:
+        engine = settings.DATABASES.get(source_alias, {}).get("ENGINE", "?")
+        errors.append(
+            Error(
+                f"{label} copies {source._meta.label}, which lives in {source_alias!r} "
+                f"({engine}): dbfleet captures the changes of PostgreSQL, MariaDB/MySQL and "
+                "SQLite tables only (with triggers), so none of its changes would be copied.",
+                hint=f"Keep {source._meta.label} on a PostgreSQL, MariaDB/MySQL or SQLite "
+                "database, or copy it another way.",
+                obj=model,
+                id=CheckId.SYNCED_SOURCE_NOT_CAPTURED,
             )
         )
     return errors

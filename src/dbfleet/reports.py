@@ -22,6 +22,7 @@ from django.core.checks import ERROR, run_checks
 from django.db import DatabaseError, connections, models
 
 from dbfleet import vendors
+from dbfleet.analytics.sync import SyncStatus, sync_status
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
 from dbfleet.migrating.plan import DatabasePlan, primary_databases
 from dbfleet.migrating.status import State, Status, status
@@ -134,6 +135,8 @@ class FleetStatus(Status):
     #: Participant that could not be asked -> the error.
     in_doubt_unreachable: dict[str, str] = field(default_factory=dict)
     replicas: list[ReplicaStatus] = field(default_factory=list)
+    #: Each synced model: changes its source logged and not copied yet, its last sync.
+    synced: list[SyncStatus] = field(default_factory=list)
     #: Why it is not in order (none: it is), and the exit code that says so.
     reasons: list[Reason] = field(default_factory=list)
     exit_code: ExitCode = ExitCode.OK
@@ -184,6 +187,7 @@ def fleet_status(aliases: Sequence[str], only: Sequence[str] = ()) -> FleetStatu
             )
             for health in replica_health(only)
         ],
+        synced=sync_status(only),
     )
     report.reasons = status_reasons(report)
     report.exit_code = exit_code(report.reasons)

@@ -208,7 +208,7 @@ def _selected_related(meta: Any, select_related: Any, depth: int) -> Iterator[An
         yield from _selected_related(field.related_model._meta, more, depth)
 
 
-def _co_located(relation: Any, group: ShardGroup) -> bool:
+def co_located(relation: Any, group: ShardGroup) -> bool:
     """Whether the rows a relation joins are on the shard of the rows it joins them to.
 
     A reference model is whole on every shard. Two sharded models are co-located
@@ -373,7 +373,7 @@ class ShardedQuerySet(models.QuerySet[M]):
             for relation in relations
             if key is not None
             and relation.related_model._meta.db_table in local
-            and not _co_located(relation, group)
+            and not co_located(relation, group)
         ]
         if apart:
             relation = apart[0]

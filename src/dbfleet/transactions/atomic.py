@@ -7,6 +7,13 @@ database and commits them together: one after the other (best effort, and a
 :class:`PartialCommitError` says exactly what committed when a later commit
 fails), or with ``two_phase=True`` through prepared transactions and a decision
 log, so that nothing is left half-done (see :mod:`dbfleet.transactions.two_phase`).
+
+A database without transactions (ClickHouse) may be a target of a plain block:
+its block is nominal. Each write there takes effect as it runs, is visible at
+once and stays whatever the block then does; its ``on_commit`` callbacks wait for
+the group as usual. When the group rolls back after such writes, a warning on
+the ``dbfleet.transactions`` logger says how many stay, and where. A two-phase
+block over it is refused: nothing can make its writes all-or-nothing.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from django.conf import settings
 from django.db import connections, models, transaction
 from django.db.transaction import TransactionManagementError
 
+from dbfleet import vendors
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
 from dbfleet.exceptions import PartialCommitError, names
 from dbfleet.routing import database_for
+from dbfleet.sql import is_write
+from dbfleet.transactions.guard import cover, uncover
 from dbfleet.transactions.two_phase.protocol import Protocol, check_engines
 from dbfleet.vendors import raw_commit
 
@@ -79,6 +89,12 @@ class _Frame:
     outermost: list[str] = field(default_factory=list)
     protocol: Protocol | None = None  # when this frame runs the two-phase protocol
     token: Any = None
+    #: Writes run in the block on each database without transactions: they stay.
+    applied: dict[str, int] = field(default_factory=dict)
+    #: The execute wrapper counting them, per database.
+    counters: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    #: What tells the write guard the block covers them.
+    covering: Any = None
 
 
 # Every dbfleet.atomic block open in this context, innermost last. The state of
@@ -131,6 +147,7 @@ class Atomic(ContextDecorator):
             except BaseException as error:
                 _exit_blocks(list(frame.blocks.values()), error)
                 raise
+        _count_applied(frame)
         frame.token = _FRAMES.set((*_FRAMES.get(), frame))
 
     def __exit__(
@@ -141,18 +158,77 @@ class Atomic(ContextDecorator):
     ) -> None:
         frame = _FRAMES.get()[-1]
         _FRAMES.reset(frame.token)
+        _stop_counting(frame)
         if exc_value is not None:
-            _abandon(frame, list(frame.blocks.values()), exc_value)
+            try:
+                _abandon(frame, list(frame.blocks.values()), exc_value)
+            finally:
+                _warn_applied(frame)
             return
         due: list[tuple[Callable[[], Any], bool]] = []
         due_token = _DUE.set(due) if _DUE.get() is None else None
         try:
-            _commit(frame)
+            committed = _commit(frame)
+        except BaseException:
+            _warn_applied(frame)
+            raise
         finally:
             if due_token is not None:
                 _DUE.reset(due_token)
+        if not committed:
+            _warn_applied(frame)
         for func, robust in due:
             _call(func, robust)
+
+
+def _count_applied(frame: _Frame) -> None:
+    """Count the writes the block runs on each of its databases without transactions."""
+    for alias in frame.aliases:
+        connection = connections[alias]
+        if vendors.of(connection).transactional:
+            continue
+        frame.applied[alias] = 0
+
+        def count(
+            execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
+        ) -> Any:
+            alias = context["connection"].alias
+            if is_write(sql):
+                frame.applied[alias] += 1
+            return execute(sql, params, many, context)
+
+        frame.counters[alias] = count
+        connection.execute_wrappers.append(count)
+    if frame.applied:
+        frame.covering = cover(frame.applied)
+
+
+def _stop_counting(frame: _Frame) -> None:
+    if frame.covering is not None:
+        uncover(frame.covering)
+    for alias, count in frame.counters.items():
+        wrappers = connections[alias].execute_wrappers
+        if count in wrappers:
+            wrappers.remove(count)
+    frame.counters.clear()
+
+
+def _warn_applied(frame: _Frame) -> None:
+    """Say which writes stay, on databases without transactions, when the group did not commit."""
+    applied = [
+        f"{count} write statement{'s' * (count > 1)} on {alias!r} "
+        f"({connections[alias].display_name})"
+        for alias, count in frame.applied.items()
+        if count
+    ]
+    if applied:
+        logger.warning(
+            "dbfleet.atomic(%s) did not commit, and these writes stay: %s. That database has "
+            "no transactions: each write took effect as it ran. To write there only what "
+            "commits, write in dbfleet.on_commit(...).",
+            names(frame.aliases),
+            ", ".join(applied),
+        )
 
 
 def _starts_two_phase(aliases: Sequence[str]) -> bool:
@@ -161,6 +237,17 @@ def _starts_two_phase(aliases: Sequence[str]) -> bool:
     Inside an enclosing two-phase block, or inside the transaction a test case
     wraps around each test, it is a plain nested block.
     """
+    for alias in aliases:
+        connection = connections[alias]
+        if not vendors.of(connection).transactional:
+            raise TransactionManagementError(
+                f"dbfleet.atomic(two_phase=True) cannot cover {alias!r} "
+                f"({connection.display_name}): it has no transactions, so its writes take "
+                "effect as they run and cannot be prepared or rolled back, and no commit "
+                "with it could be all-or-nothing. Leave it out of the block and write to it "
+                "once the others have committed (dbfleet.on_commit), or use "
+                "dbfleet.atomic(...) without two_phase (best effort)."
+            )
     check_engines(aliases)
     enclosing = {alias for frame in _FRAMES.get() if frame.two_phase for alias in frame.aliases}
     nested = [alias for alias in aliases if connections[alias].in_atomic_block]
@@ -216,15 +303,26 @@ def _abandon(frame: _Frame, blocks: Sequence[transaction.Atomic], error: BaseExc
         _exit_blocks(blocks, error)
 
 
-def _commit(frame: _Frame) -> None:
-    """Leave the frame's blocks: release the nested ones, commit the outermost ones together."""
+def _commit(frame: _Frame) -> bool:
+    """Leave the frame's blocks: release the nested ones, commit the outermost ones together.
+
+    False when the group rolled back without an error (as Django's block does when
+    marked for rollback).
+    """
+    for alias in frame.aliases:
+        connection = connections[alias]
+        if not vendors.of(connection).transactional:
+            # Without savepoints, a block inside that failed (or a failed statement)
+            # marks it for rollback, which has nothing to undo there: the databases with
+            # transactions decide, and its on_commit callbacks must not be dropped.
+            connection.needs_rollback = False
     if any(
         connections[alias].needs_rollback or connections[alias].closed_in_transaction
         for alias in frame.aliases
     ):
         # Django rolls such a block back without an error; the group follows it.
         _abandon(frame, list(frame.blocks.values()), _GroupRollback())
-        return
+        return False
     outermost = [frame.blocks[alias] for alias in frame.outermost]
     nested = [alias for alias in frame.aliases if alias not in frame.outermost]
     released: list[str] = []
@@ -248,10 +346,11 @@ def _commit(frame: _Frame) -> None:
             raise
     elif len(outermost) > 1:
         _commit_one_by_one(frame.outermost, outermost)
-        return
+        return True
     # Every outermost transaction is settled (or there is one): Django's own
     # exit commits what is left and runs its on_commit callbacks.
     _exit_blocks(outermost)
+    return True
 
 
 def _commit_one_by_one(aliases: Sequence[str], blocks: Sequence[transaction.Atomic]) -> None:

@@ -1,19 +1,22 @@
 """What differs per engine, one module each; ``of(connection)`` picks it.
 
-Everything that is spelt differently on PostgreSQL, MariaDB/MySQL and SQLite
-(prepared transactions, in-doubt listings, replication positions, replica
-status, error codes) lives here, so that the rest of dbfleet asks one question
-and never tests a vendor itself.
+Everything that is spelt differently on PostgreSQL, MariaDB/MySQL, SQLite and
+ClickHouse (transactions or none, prepared transactions, in-doubt listings,
+replication positions, replica status, error codes) lives here, so that the rest
+of dbfleet asks one question and never tests a vendor itself.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import load_backend
 
 from dbfleet.vendors.base import (
     CURRENT,
@@ -25,11 +28,15 @@ from dbfleet.vendors.base import (
     raw_commit,
     raw_rollback,
 )
+from dbfleet.vendors.clickhouse import EMBEDDED_ENGINE, ClickHouse
+from dbfleet.vendors.clickhouse import ENGINES as CLICKHOUSE_ENGINES
 from dbfleet.vendors.mysql import MySQL
 from dbfleet.vendors.postgresql import PostgreSQL
 from dbfleet.vendors.sqlite import SQLite
 
-VENDORS: dict[str, type[Vendor]] = {vendor.name: vendor for vendor in (PostgreSQL, MySQL, SQLite)}
+VENDORS: dict[str, type[Vendor]] = {
+    vendor.name: vendor for vendor in (PostgreSQL, MySQL, SQLite, ClickHouse)
+}
 
 
 def of(connection: BaseDatabaseWrapper) -> type[Vendor]:
@@ -69,14 +76,37 @@ def of_engine(vendor: str) -> type[Vendor]:
     return VENDORS.get(vendor, Vendor)
 
 
+def of_settings(settings_dict: dict[str, Any]) -> type[Vendor]:
+    """The vendor of a ``DATABASES`` entry, from its ``ENGINE``, without connecting.
+
+    A ClickHouse backend is known by name, unimported (django-clickhouse-backend
+    patches Django when imported); any other is loaded, as Django would load it.
+    """
+    engine = str(settings_dict.get("ENGINE", ""))
+    if engine in CLICKHOUSE_ENGINES:
+        return ClickHouse
+    return of_engine(load_backend(engine).DatabaseWrapper.vendor)
+
+
+def embedded_data_directory(settings_dict: dict[str, Any]) -> str | None:
+    """The chDB data directory of a ``DATABASES`` entry ("" when it names none); None: not chDB."""
+    if settings_dict.get("ENGINE") != EMBEDDED_ENGINE:
+        return None
+    path = (settings_dict.get("OPTIONS") or {}).get("path")
+    return os.path.abspath(os.fspath(path)) if path else ""
+
+
 __all__ = [
     "CURRENT",
     "VENDORS",
+    "ClickHouse",
     "ReplicaStatus",
     "Vendor",
+    "embedded_data_directory",
     "literal",
     "of",
     "of_engine",
+    "of_settings",
     "probing",
     "query",
     "raw",

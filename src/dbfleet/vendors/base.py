@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,6 +14,18 @@ CURRENT = "current"
 #: The counter FleetIdField allocates from, on each database that has one: a sequence on
 #: PostgreSQL, a one-row table elsewhere.
 ID_COUNTER = "dbfleet_fleet_id"
+#: The change log of the sources of synced models (dbfleet.analytics): one row for each
+#: changed primary key and each copy of its table, written by triggers.
+CHANGES = "dbfleet_changes"
+#: The operation a log row has for "every row may have changed" (a TRUNCATE, or capture
+#: installed where it was not): the copy is loaded again in full.
+RELOAD = "R"
+#: How dbfleet's capture triggers (and PostgreSQL functions) are named: then the table.
+CAPTURE_PREFIX = "dbfleet_capture_"
+_NO_CAPTURE = (
+    "Synced models need their source on PostgreSQL, MariaDB/MySQL or SQLite, whose triggers "
+    "capture its changes, not on {vendor!r}."
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ class Vendor:
     @staticmethod
     def sorts_text_by_code_point(connection: BaseDatabaseWrapper, collation: str | None) -> bool:
         """Whether ORDER BY compares text under ``collation`` (None: the default) by code point."""
-        return collation is None or collation.upper() in ("BINARY", "RTRIM")
+        return collation is None or collation.upper() == "BINARY"
 
     # --- Two-phase commit: only engines with ``two_phase`` are asked. ---------------------
 
@@ -237,3 +249,52 @@ class Vendor:
         raise NotImplementedError(
             f"FleetIdField needs PostgreSQL, MariaDB/MySQL or SQLite, not {connection.vendor!r}."
         )
+
+    # --- Change capture (the sources of synced models, dbfleet.analytics) -------------------
+
+    #: Whether triggers can write this engine's changes to the change log ``CHANGES``.
+    captures_changes: ClassVar[bool] = False
+
+    @staticmethod
+    def install_change_log(connection: BaseDatabaseWrapper) -> None:
+        """Create the change log ``CHANGES`` and its index, unless they are there (idempotent)."""
+        raise NotImplementedError(_NO_CAPTURE.format(vendor=connection.vendor))
+
+    @staticmethod
+    def capture_definition(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> str:
+        """How ``captured_tables`` shows ``table`` once ``install_capture`` has run with these."""
+        raise NotImplementedError(_NO_CAPTURE.format(vendor=connection.vendor))
+
+    @staticmethod
+    def captured_tables(connection: BaseDatabaseWrapper) -> dict[str, str]:
+        """Each table with dbfleet's capture triggers -> their definition, as the engine has it."""
+        return {}
+
+    @staticmethod
+    def install_capture(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> None:
+        """Triggers on ``table`` that log each changed primary key once for each of ``labels``.
+
+        Replaces the capture ``table`` had. Every INSERT, UPDATE (the old and the new
+        key) and DELETE is logged, whatever runs it; where the engine has TRUNCATE
+        triggers, a TRUNCATE logs ``RELOAD`` (every row changed).
+        """
+        raise NotImplementedError(_NO_CAPTURE.format(vendor=connection.vendor))
+
+    @staticmethod
+    def remove_capture(connection: BaseDatabaseWrapper, table: str) -> None:
+        """Drop dbfleet's capture triggers on ``table`` (none there: nothing to do)."""
+
+    @staticmethod
+    def copy_out(
+        connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], size: int
+    ) -> Iterator[list[tuple[Any, ...]]] | None:
+        """The rows of the query ``sql``, streamed in lists of ``size``; None: no bulk path.
+
+        Values are the driver's, as a cursor returns them. None tells the caller to
+        read through the ORM (``QuerySet.iterator()``), which is the bulk path there.
+        """
+        return None

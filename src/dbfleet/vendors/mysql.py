@@ -5,12 +5,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from dbfleet.vendors.base import ID_COUNTER, ReplicaStatus, Vendor, driver_code, query, raw
+from dbfleet.vendors.base import (
+    CAPTURE_PREFIX,
+    CHANGES,
+    ID_COUNTER,
+    ReplicaStatus,
+    Vendor,
+    driver_code,
+    literal,
+    query,
+    raw,
+)
 
 #: Marks dbfleet's XA transactions in XA RECOVER ("dbft").
 XA_FORMAT = 0x64626674
@@ -42,6 +53,37 @@ def _lock_name(connection: BaseDatabaseWrapper, name: str) -> str:
 
 def is_mariadb(connection: BaseDatabaseWrapper) -> bool:
     return bool(getattr(connection, "mysql_is_mariadb", False))
+
+
+def _capture_name(table: str, event: str) -> str:
+    """The name of ``table``'s capture trigger for ``event`` (64 characters at most)."""
+    name = f"{CAPTURE_PREFIX}{table}_{event}"
+    if len(name) <= 64:
+        return name
+    return f"{CAPTURE_PREFIX}{hashlib.sha256(table.encode()).hexdigest()[:32]}_{event}"
+
+
+def _capture_bodies(
+    connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """Trigger name -> (its event, its body), for ``table``'s capture."""
+    pk = connection.ops.quote_name(pk_column)
+
+    def log(row: str, op: str) -> str:
+        rows = ", ".join(
+            f"({literal(label)}, CAST({row}.{pk} AS CHAR), '{op}')" for label in labels
+        )
+        return f"INSERT INTO {CHANGES} (model, pk, op) VALUES {rows}"
+
+    return {
+        _capture_name(table, "delete"): ("DELETE", log("OLD", "D")),
+        _capture_name(table, "insert"): ("INSERT", log("NEW", "I")),
+        _capture_name(table, "update"): (
+            "UPDATE",
+            f"BEGIN {log('NEW', 'U')}; IF NOT (OLD.{pk} <=> NEW.{pk}) THEN {log('OLD', 'U')}; "
+            "END IF; END",
+        ),
+    }
 
 
 class MySQL(Vendor):
@@ -246,3 +288,64 @@ class MySQL(Vendor):
                 raise
             # Rows matched (Django connects with CLIENT.FOUND_ROWS): 0 if the row is gone.
             return int(cursor.lastrowid) if cursor.rowcount else None
+
+    # Change capture: row triggers write the changed keys to the change log, an InnoDB
+    # table, in the writer's transaction. TRUNCATE fires no trigger on MariaDB/MySQL: it
+    # is not captured (`fleet sync --full` loads the copy again).
+
+    captures_changes = True
+
+    @staticmethod
+    def install_change_log(connection: BaseDatabaseWrapper) -> None:
+        query(
+            connection,
+            f"CREATE TABLE IF NOT EXISTS {CHANGES} ("
+            "id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, "
+            "model VARCHAR(200) NOT NULL, pk TEXT NULL, op CHAR(1) NOT NULL, "
+            "at DOUBLE NOT NULL DEFAULT (UNIX_TIMESTAMP(SYSDATE(6))), "
+            f"KEY {CHANGES}_model (model, id)) ENGINE=InnoDB",
+        )
+
+    @staticmethod
+    def capture_definition(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> str:
+        bodies = _capture_bodies(connection, table, pk_column, labels)
+        return ";\n".join(body for _, (_, body) in sorted(bodies.items()))
+
+    @staticmethod
+    def captured_tables(connection: BaseDatabaseWrapper) -> dict[str, str]:
+        rows = query(
+            connection,
+            "SELECT EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS "
+            "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE %s ORDER BY TRIGGER_NAME",
+            (CAPTURE_PREFIX.replace("_", "\\_") + "%",),
+        )
+        found: dict[str, list[str]] = {}
+        for table, body in rows:
+            found.setdefault(table, []).append(body)
+        return {table: ";\n".join(bodies) for table, bodies in found.items()}
+
+    @staticmethod
+    def install_capture(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> None:
+        MySQL.remove_capture(connection, table)
+        quoted = connection.ops.quote_name(table)
+        for name, (event, body) in _capture_bodies(connection, table, pk_column, labels).items():
+            query(
+                connection,
+                f"CREATE TRIGGER {connection.ops.quote_name(name)} AFTER {event} ON {quoted} "
+                f"FOR EACH ROW {body}",
+            )
+
+    @staticmethod
+    def remove_capture(connection: BaseDatabaseWrapper, table: str) -> None:
+        rows = query(
+            connection,
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
+            "DATABASE() AND EVENT_OBJECT_TABLE = %s AND TRIGGER_NAME LIKE %s",
+            (table, CAPTURE_PREFIX.replace("_", "\\_") + "%"),
+        )
+        for (name,) in rows:
+            query(connection, f"DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)}")

@@ -8,13 +8,21 @@ import os
 import shlex
 import socket
 import sys
+from collections.abc import Sequence
 from typing import IO, Any
 from weakref import WeakKeyDictionary
 
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from dbfleet.vendors.base import ID_COUNTER, Vendor, query
+from dbfleet.vendors.base import (
+    CAPTURE_PREFIX,
+    CHANGES,
+    ID_COUNTER,
+    Vendor,
+    literal,
+    query,
+)
 
 try:
     import fcntl
@@ -36,6 +44,31 @@ def _program() -> str:
     if spec is not None:
         return f"python -m {spec.name.removesuffix('.__main__')}"
     return os.path.basename(sys.argv[0])
+
+
+def _capture_triggers(
+    connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+) -> list[str]:
+    """The CREATE TRIGGER statements of ``table``'s capture, in the order of their names."""
+    quote = connection.ops.quote_name
+    copies = "(VALUES " + ", ".join(f"({literal(label)})" for label in labels) + ")"
+    log = f"INSERT INTO {CHANGES} (model, pk, op)"
+    new, old = (f"CAST({row}.{quote(pk_column)} AS TEXT)" for row in ("NEW", "OLD"))
+    actions = {
+        "delete": ("DELETE", f"{log} SELECT column1, {old}, 'D' FROM {copies};"),
+        "insert": ("INSERT", f"{log} SELECT column1, {new}, 'I' FROM {copies};"),
+        "update": (
+            "UPDATE",
+            f"{log} SELECT column1, {new}, 'U' FROM {copies}; "
+            f"{log} SELECT column1, {old}, 'U' FROM {copies} "
+            f"WHERE OLD.{quote(pk_column)} IS NOT NEW.{quote(pk_column)};",
+        ),
+    }
+    return [
+        f"CREATE TRIGGER {quote(f'{CAPTURE_PREFIX}{table}_{name}')} AFTER {event} ON "
+        f"{quote(table)} FOR EACH ROW BEGIN {action} END"
+        for name, (event, action) in actions.items()
+    ]
 
 
 class SQLite(Vendor):
@@ -119,3 +152,58 @@ class SQLite(Vendor):
                 return None
             raise
         return int(rows[0][0]) if rows else None
+
+    # Change capture: row triggers write the changed keys to the change log in the
+    # writer's transaction. (SQLite has no TRUNCATE, and a DELETE without WHERE on a
+    # table with triggers deletes row by row, firing them.)
+
+    captures_changes = True
+
+    @staticmethod
+    def install_change_log(connection: BaseDatabaseWrapper) -> None:
+        # AUTOINCREMENT: an id is never handed out twice, even once its row is consumed.
+        query(
+            connection,
+            f"CREATE TABLE IF NOT EXISTS {CHANGES} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "model TEXT NOT NULL, pk TEXT, op TEXT NOT NULL, "
+            "at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))",
+        )
+        query(connection, f"CREATE INDEX IF NOT EXISTS {CHANGES}_model ON {CHANGES} (model, id)")
+
+    @staticmethod
+    def capture_definition(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> str:
+        return ";\n".join(_capture_triggers(connection, table, pk_column, labels))
+
+    @staticmethod
+    def captured_tables(connection: BaseDatabaseWrapper) -> dict[str, str]:
+        rows = query(
+            connection,
+            "SELECT tbl_name, sql FROM sqlite_master WHERE type = 'trigger' "
+            "AND name LIKE %s ESCAPE '\\' ORDER BY name",
+            (CAPTURE_PREFIX.replace("_", "\\_") + "%",),
+        )
+        found: dict[str, list[str]] = {}
+        for table, sql in rows:
+            found.setdefault(table, []).append(sql)
+        return {table: ";\n".join(statements) for table, statements in found.items()}
+
+    @staticmethod
+    def install_capture(
+        connection: BaseDatabaseWrapper, table: str, pk_column: str, labels: Sequence[str]
+    ) -> None:
+        SQLite.remove_capture(connection, table)
+        for statement in _capture_triggers(connection, table, pk_column, labels):
+            query(connection, statement)
+
+    @staticmethod
+    def remove_capture(connection: BaseDatabaseWrapper, table: str) -> None:
+        rows = query(
+            connection,
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = %s "
+            "AND name LIKE %s ESCAPE '\\'",
+            (table, CAPTURE_PREFIX.replace("_", "\\_") + "%"),
+        )
+        for (name,) in rows:
+            query(connection, f"DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)}")

@@ -10,16 +10,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from dbfleet.management.fleet import migrate, plan, recover, routes, shards, status
+from dbfleet.management.fleet import migrate, plan, recover, routes, shards, status, sync
 from dbfleet.management.fleet.output import Out, add_django_options
 
-SUBCOMMANDS = {module.NAME: module for module in (routes, migrate, plan, status, recover, shards)}
+SUBCOMMANDS = {
+    module.NAME: module for module in (routes, migrate, plan, status, recover, shards, sync)
+}
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover, shards."
+        "Subcommands: routes, migrate, plan, status, recover, shards, sync."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.

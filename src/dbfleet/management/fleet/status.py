@@ -1,7 +1,8 @@
-"""``fleet status``: migrations x databases, the audit, replicas, in-doubt transactions."""
+"""``fleet status``: migrations x databases, the audit, replicas, in-doubt transactions, syncs."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -103,6 +104,7 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
             f"{style.MIGRATE_HEADING(health.alias)} (replica of {health.primary!r}): "
             + replica_summary(out, health)
         )
+    write_synced(out, report)
     reachable = [alias for alias in report.databases if alias not in report.errors]
     rows = [
         (label, states)
@@ -144,6 +146,30 @@ def write_audit(out: Out, report: FleetStatus) -> None:
         )
     if unaudited:
         out.write(style.ERROR(f"Not audited (unreachable): {', '.join(unaudited)}."))
+
+
+def write_synced(out: Out, report: FleetStatus) -> None:
+    """Each synced model: its backlog and lag now, its last sync, its last error."""
+    style = out.style
+    for synced in report.synced:
+        where = f"{synced.source} on {synced.source_database or '?'} -> {synced.database or '?'}"
+        parts = []
+        if synced.pending is not None and synced.lag is not None:
+            parts.append(f"{synced.pending:,} changes pending, lag {synced.lag:.1f} s")
+        if synced.synced_at is None:
+            parts.append("never synced: run `fleet sync`")
+        else:
+            ago = max(0.0, time.time() - synced.synced_at)
+            parts.append(f"last sync {ago:.0f} s ago (lag {synced.last_lag or 0:.1f} s)")
+            if not synced.loaded:
+                parts.append("a full load is due")
+        if synced.error:
+            parts.append(style.ERROR(f"last error: {synced.error}"))
+        if synced.problem:
+            parts.append(style.ERROR(synced.problem))
+        out.write(
+            f"{style.MIGRATE_HEADING(synced.model)} (synced from {where}): " + "; ".join(parts)
+        )
 
 
 def replica_summary(out: Out, health: ReplicaStatus) -> str:

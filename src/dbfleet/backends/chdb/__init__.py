@@ -1,0 +1,1 @@
+"""``ENGINE = "dbfleet.backends.chdb"``: ClickHouse in this process, through chDB."""

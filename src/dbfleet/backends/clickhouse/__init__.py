@@ -1,0 +1,1 @@
+"""``ENGINE = "dbfleet.backends.clickhouse"``: a ClickHouse server (django-clickhouse-backend)."""

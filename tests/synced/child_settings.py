@@ -1,0 +1,18 @@
+"""Settings for a ``fleet sync`` in a process of its own, on the test run's databases.
+
+``DBFLEET_SYNC_DATABASES`` is the test process's ``DATABASES`` as JSON (with the
+test databases' names): the child syncs what the test wrote. The test process
+closes its chDB connections first, so that the child can open the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.settings import *  # noqa: F403
+from tests.synced import ROUTES as SYNCED_ROUTES
+
+DATABASES = json.loads(os.environ["DBFLEET_SYNC_DATABASES"])
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "dbfleet", "tests.synced"]
+DBFLEET = {"ROUTES": SYNCED_ROUTES}
