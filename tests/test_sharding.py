@@ -54,6 +54,10 @@ pytestmark = [
         reason="a shard group is one engine; this configuration has none on two aliases",
     ),
 ]
+#: What groups and distinct values are compared on: text where Python compares it as the
+#: engine does; on MariaDB, whose collation ignores case, a number (text there is refused:
+#: test_text_mariadb_compares_under_its_collation_is_refused_where_python_would_differ).
+GROUP = "quantity" if ENGINES["books"] == "mysql" else "status"
 SHARDED = (Customer, Product, Order, Visit)  # Product before the orders that refer to it.
 
 
@@ -350,11 +354,11 @@ def compare(rows: list[tuple[int, str, Decimal, int | None]], low: int, size: in
             twin = twin_mean[name]
             tolerance = Decimal("0.0001") if isinstance(twin, Decimal) else 1e-4
             assert mean[name] == pytest.approx(twin, abs=tolerance)
-    assert sorted(Order.objects.values_list("status", flat=True).distinct()) == sorted(
-        TwinOrder.objects.values_list("status", flat=True).distinct()
+    assert sorted(Order.objects.values_list(GROUP, flat=True).distinct(), key=repr) == sorted(
+        TwinOrder.objects.values_list(GROUP, flat=True).distinct(), key=repr
     )
-    assert Order.objects.values("status").distinct().count() == (
-        TwinOrder.objects.values("status").distinct().count()
+    assert Order.objects.values(GROUP).distinct().count() == (
+        TwinOrder.objects.values(GROUP).distinct().count()
     )
     compare_groups(low, size)
     assert set(Order.objects.in_bulk([1, 2, 3])) == set(TwinOrder.objects.in_bulk([1, 2, 3]))
@@ -379,14 +383,14 @@ def compare_groups(low: int, size: int) -> None:
         "keys": Count("customer", distinct=True),
     }
     twin_groups = {**groups, "keys": Count("customer_id", distinct=True)}
-    for ordering in (("status",), ("-sum", "status"), ("-n", "high", "status")):
-        sharded = Order.objects.values("status").annotate(**groups).order_by(*ordering)
-        twin = TwinOrder.objects.values("status").annotate(**twin_groups).order_by(*ordering)
+    for ordering in ((GROUP,), ("-sum", GROUP), ("-n", "high", GROUP)):
+        sharded = Order.objects.values(GROUP).annotate(**groups).order_by(*ordering)
+        twin = TwinOrder.objects.values(GROUP).annotate(**twin_groups).order_by(*ordering)
         assert list(sharded) == list(twin), ordering
         assert list(sharded[low : low + size]) == list(twin[low : low + size])
         assert sharded.count() == twin.count()
-        pairs: Any = sharded.values_list("status", "n")  # django-stubs: "n" is no field.
-        assert list(pairs) == list(twin.values_list("status", "n"))  # type: ignore[misc]
+        pairs: Any = sharded.values_list(GROUP, "n")
+        assert list(pairs) == list(twin.values_list(GROUP, "n"))
     flat = Order.objects.values_list("quantity", flat=True).annotate(n=Count("id"))
     twin_flat = TwinOrder.objects.values_list("quantity", flat=True).annotate(n=Count("id"))
     assert sorted(flat, key=str) == sorted(twin_flat, key=str)
@@ -397,11 +401,15 @@ def compare_groups(low: int, size: int) -> None:
         .annotate(t=Sum("total"))
         .order_by("customer_id")
     ]
-    means = Order.objects.values("status").annotate(avg=Avg("quantity"), m=Avg("total"))
-    twin_means = TwinOrder.objects.values("status").annotate(avg=Avg("quantity"), m=Avg("total"))
-    assert sorted(means, key=lambda g: g["status"]) == [
+    means = Order.objects.values(GROUP).annotate(avg=Avg("quantity"), m=Avg("total"))
+    twin_means = TwinOrder.objects.values(GROUP).annotate(avg=Avg("quantity"), m=Avg("total"))
+
+    def by_group(group: dict[str, Any]) -> tuple[bool, str]:
+        return group[GROUP] is None, str(group[GROUP])
+
+    assert sorted(means, key=by_group) == [
         {name: approx(value) for name, value in group.items()}
-        for group in twin_means.order_by("status")
+        for group in sorted(twin_means, key=by_group)
     ]
 
 
@@ -549,9 +557,9 @@ def test_what_a_fan_out_cannot_answer_is_refused() -> None:
     with pytest.raises(dbfleet.CrossShardError, match="filter on an aggregate"):
         list(Order.objects.values("status").annotate(n=Count("id")).filter(n__gt=1))
     with pytest.raises(dbfleet.CrossShardError, match="values and aggregates they select"):
-        list(Order.objects.values("status").annotate(n=Count("id")).order_by("quantity"))
+        list(Order.objects.values(GROUP).annotate(n=Count("id")).order_by("total"))
     with pytest.raises(dbfleet.CrossShardError, match="slice of groups"):
-        list(Order.objects.values("status").annotate(n=Count("id")).order_by()[:1])
+        list(Order.objects.values(GROUP).annotate(n=Count("id")).order_by()[:1])
     with pytest.raises(dbfleet.CrossShardError, match="annotate"):
         Order.objects.values("status").annotate(n=Count("id")).aggregate(Sum("n"))
     with pytest.raises(dbfleet.CrossShardError, match="named=True"):
