@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,6 +116,15 @@ OWN_DATABASES = {
 #: process that loaded it must not fork (the crash tests do); its own tests are the
 #: ClickHouse ones, and the rest run in every other configuration.
 ONLY_OWN = {"replication", "analytics"}
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Not even collected elsewhere: the analytics modules import apps only it installs."""
+    module = collection_path.relative_to(config.rootpath).as_posix()
+    own = OWN_DATABASES.get(module)
+    if own == "analytics" and own != os.environ.get("DBFLEET_TEST_DATABASES", "sqlite"):
+        return True
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:

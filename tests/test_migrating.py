@@ -214,6 +214,7 @@ def test_fleet_status_json_is_the_report() -> None:
         "in_doubt",
         "in_doubt_unreachable",
         "replicas",
+        "synced",
         "reasons",
         "exit_code",
     ]
