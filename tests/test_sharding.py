@@ -493,13 +493,12 @@ def test_a_shard_s_error_on_a_fan_out_thread_reaches_the_caller() -> None:
 @pytest.mark.skipif(ENGINES["books"] != "postgres", reason="reads backend pids of PostgreSQL")
 def test_fan_out_threads_keep_connections_only_as_conn_max_age_says() -> None:
     customers()
-    pids = Customer.objects.annotate(pid=RawSQL("pg_backend_pid()", ())).values_list(
-        "pid", flat=True
-    )
+    # Instances with a deferred field are built by Django on each shard, on the threads.
+    pids = Customer.objects.annotate(pid=RawSQL("pg_backend_pid()", ())).defer("country")
 
     def worker_pid() -> int:
         mine = connections[SHARDS[1]].cursor().connection.info.backend_pid
-        found = set(pids.all()) - {
+        found = {customer.pid for customer in pids.all()} - {
             mine,
             connections[SHARDS[0]].cursor().connection.info.backend_pid,
         }
@@ -527,6 +526,73 @@ def test_fan_out_threads_keep_connections_only_as_conn_max_age_says() -> None:
     finally:
         settings["CONN_MAX_AGE"] = 0
         close_fan_out_connections()
+
+
+PG_ONLY = pytest.mark.skipif(
+    ENGINES["books"] != "postgres", reason="psycopg 3 sends a fan-out's statements at once"
+)
+
+
+def backend_pid(alias: str) -> int:
+    with connections[alias].cursor() as cursor:
+        return int(cursor.connection.info.backend_pid)
+
+
+@PG_ONLY
+def test_a_postgresql_fan_out_runs_on_the_calling_thread_s_connections_at_once() -> None:
+    customers()
+    first = {dbfleet.shard_for(Customer, key): key for key in range(6, 0, -1)}
+    both = sorted(first.values())
+    # Each shard sleeps 0.2 s per row, one row each (the IN list split per shard): the
+    # statements overlap, each starting before the other's end, only if both were sent first.
+    timed = Customer.objects.filter(id__in=both).annotate(
+        started=RawSQL("statement_timestamp()", ()),
+        ended=RawSQL("(SELECT clock_timestamp() FROM pg_sleep(0.2))", ()),
+        pid=RawSQL("pg_backend_pid()", ()),
+    )
+    with capture_queries() as queries:
+        rows = list(timed.values_list("id", "started", "ended", "pid"))
+    assert sorted(queries.aliases) == sorted(SHARDS)
+    assert sorted(row[0] for row in rows) == both
+    assert max(row[1] for row in rows) < min(row[2] for row in rows)
+    assert {row[3] for row in rows} == {backend_pid(alias) for alias in SHARDS}
+    # Inside a transaction too: on the caller's connections, which see its writes.
+    with dbfleet.atomic(*SHARDS):
+        Customer.objects.filter(id__in=both).update(name="renamed")
+        renamed = Customer.objects.filter(name="renamed").values_list("id", flat=True)
+        assert sorted(renamed) == both
+
+
+@PG_ONLY
+def test_a_postgresql_fan_out_s_error_leaves_every_connection_usable() -> None:
+    customers()
+    broken = SHARDS[0]
+    pids = {alias: backend_pid(alias) for alias in SHARDS}
+    with connections[broken].schema_editor() as editor:
+        editor.alter_db_table(Customer, "shop_customer", "shop_customer_away")
+    try:
+        with pytest.raises(DatabaseError, match="shop_customer"):
+            list(Customer.objects.values_list("id", flat=True))
+    finally:
+        with connections[broken].schema_editor() as editor:
+            editor.alter_db_table(Customer, "shop_customer_away", "shop_customer")
+    # The other shard's answer was read: its connection is ready for the next statement.
+    assert sorted(Customer.objects.values_list("id", flat=True)) == [1, 2, 3, 4, 5, 6]
+    assert {alias: backend_pid(alias) for alias in SHARDS} == pids
+
+
+@PG_ONLY
+def test_a_postgresql_fan_out_over_a_killed_connection_raises_and_reconnects_next_time() -> None:
+    customers()
+    victim = SHARDS[1]
+    pid = backend_pid(victim)
+    with connections[SHARDS[0]].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+    with pytest.raises(DatabaseError):
+        list(Customer.objects.values_list("id", flat=True))
+    connections[victim].close_if_unusable_or_obsolete()  # As the next request would.
+    assert sorted(Customer.objects.values_list("id", flat=True)) == [1, 2, 3, 4, 5, 6]
+    assert backend_pid(victim) != pid
 
 
 def test_get_across_shards_needs_exactly_one_match() -> None:

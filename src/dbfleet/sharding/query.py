@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import total_ordering
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import EmptyResultSet, FieldDoesNotExist
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Avg, Count, F, Func, Max, Min, Sum, signals
@@ -78,30 +78,42 @@ FAN_OUT_THREADS = 8
 MERGEABLE = (Count, Sum, Min, Max, Avg)
 #: The fan-out threads' names start so; one that fans out again does it itself, in order.
 POOL_NAME = "dbfleet-fan-out"
+_KEY_LOOKUPS = (Exact, In)
 
 
 def _key_databases(node: Any, key: ShardKey, alias: str) -> set[str] | None:
     """The databases that can hold rows matching ``node``; None: any of them."""
     if isinstance(node, WhereNode):
-        if node.negated or node.connector not in (AND, OR):
+        if node.negated:
             return None
-        found = [_key_databases(child, key, alias) for child in node.children]
         if node.connector == AND:
-            known = [databases for databases in found if databases is not None]
-            return set.intersection(*known) if known else None
-        if any(databases is None for databases in found):
+            found: set[str] | None = None
+            for child in node.children:
+                databases = _key_databases(child, key, alias)
+                if databases is not None:
+                    found = databases if found is None else found & databases
+            return found
+        if node.connector != OR:
             return None
-        return set().union(*found)  # type: ignore[arg-type]
-    if not isinstance(node, Exact | In) or not isinstance(node.lhs, Col):
+        union: set[str] = set()
+        for child in node.children:
+            databases = _key_databases(child, key, alias)
+            if databases is None:
+                return None
+            union |= databases
+        return union
+    if not isinstance(node, _KEY_LOOKUPS):
         return None
-    if node.lhs.alias != alias or node.lhs.target.column != key.field.column:
+    lhs, rhs = node.lhs, node.rhs
+    if not isinstance(lhs, Col) or lhs.alias != alias or lhs.target.column != key.field.column:
         return None
-    if hasattr(node.rhs, "resolve_expression"):
+    if hasattr(rhs, "resolve_expression"):
         return None  # A subquery (key__in=<queryset>): only the database knows.
-    values = [node.rhs] if isinstance(node, Exact) else list(node.rhs)
-    if any(hasattr(value, "resolve_expression") for value in values):
+    if isinstance(node, Exact):
+        return {_database(key, rhs)}  # Never None: Django makes that an IsNull lookup.
+    if any(hasattr(value, "resolve_expression") for value in rhs):
         return None  # A subquery or an expression: only the database knows.
-    return {_database(key, value) for value in values if value is not None}
+    return {_database(key, value) for value in rhs if value is not None}
 
 
 _DATABASES: dict[tuple[int, type, Any], str] = {}
@@ -125,6 +137,8 @@ def _database(key: ShardKey, value: Any) -> str:
     return database
 
 
+_GROUPS: dict[Any, ShardGroup] = {}
+clears_on_reset(_GROUPS.clear)
 _ROUTING_KEYS: dict[Any, list[ShardKey]] = {}
 clears_on_reset(_ROUTING_KEYS.clear)
 
@@ -147,21 +161,36 @@ def _routing_keys(model: Any) -> list[ShardKey]:
     return found
 
 
+def _is_key_in(child: Any, key: ShardKey, alias: str) -> bool:
+    """Whether ``child`` is ``key IN (<values>)`` on the query's own table."""
+    return (
+        isinstance(child, In)
+        and isinstance(child.lhs, Col)
+        and child.lhs.alias == alias
+        and child.lhs.target.column == key.field.column
+        and not hasattr(child.rhs, "resolve_expression")
+    )
+
+
+def _has_key_in(node: WhereNode, key: ShardKey, alias: str) -> bool:
+    """Whether :func:`_split_in` would narrow anything in ``node``."""
+    return (
+        not node.negated
+        and node.connector == AND
+        and any(_is_key_in(child, key, alias) for child in node.children)
+    )
+
+
 def _split_in(node: WhereNode, key: ShardKey, alias: str, database: str) -> WhereNode:
     """``node`` with each top-level ``key IN (...)`` narrowed to the values ``database`` holds."""
     clone = node.clone()
-    if node.negated or node.connector != AND:
+    if not _has_key_in(node, key, alias):
         return clone
-    for index, child in enumerate(clone.children):
-        if (
-            isinstance(child, In)
-            and isinstance(child.lhs, Col)
-            and child.lhs.alias == alias
-            and child.lhs.target.column == key.field.column
-            and not hasattr(child.rhs, "resolve_expression")
-        ):
+    children: list[Any] = clone.children
+    for index, child in enumerate(children):
+        if _is_key_in(child, key, alias):
             mine = [value for value in child.rhs if key.database(value) == database]
-            clone.children[index] = In(child.lhs, mine)  # type: ignore[call-overload]
+            children[index] = In(child.lhs, mine)
     return clone
 
 
@@ -228,30 +257,46 @@ def co_located(relation: Any, group: ShardGroup) -> bool:
     )
 
 
-def _subqueries(node: Any) -> Iterator[Any]:
+def _subqueries(node: Any, found: list[Any] | None = None) -> list[Any]:
     """The inner queries of a WHERE clause or an expression (``__in=<queryset>``, Exists)."""
-    if isinstance(node, Query):
-        yield node
-        return
-    inner = getattr(node, "query", None)
-    if isinstance(inner, Query):
-        yield inner
-        return
+    found = [] if found is None else found
     if isinstance(node, WhereNode):
         for child in node.children:
-            yield from _subqueries(child)
+            _subqueries(child, found)
+    elif isinstance(node, Query):
+        found.append(node)
+    elif isinstance(inner := getattr(node, "query", None), Query):
+        found.append(inner)
     elif isinstance(node, Lookup):
-        yield from _subqueries(node.lhs)
-        yield from _subqueries(node.rhs)
+        if not isinstance(node.lhs, Col):
+            _subqueries(node.lhs, found)
+        if hasattr(node.rhs, "resolve_expression"):  # Not a plain value: an expression.
+            _subqueries(node.rhs, found)
     elif hasattr(node, "get_source_expressions"):
         for expression in node.get_source_expressions():
-            yield from _subqueries(expression)
+            _subqueries(expression, found)
+    return found
 
 
 def _has_extra_where(node: Any) -> bool:
     if isinstance(node, ExtraWhere):
         return True
     return isinstance(node, WhereNode) and any(_has_extra_where(c) for c in node.children)
+
+
+class _RunningOn:
+    """The context of :meth:`ShardedQuerySet._running_on` (a class: it is on every read's path)."""
+
+    __slots__ = ("entry", "token")
+
+    def __init__(self, queryset: Any, alias: str) -> None:
+        self.entry = (queryset, alias)
+
+    def __enter__(self) -> None:
+        self.token = _RUNNING_ON.set((*_RUNNING_ON.get(), self.entry))
+
+    def __exit__(self, *exc_info: object) -> None:
+        _RUNNING_ON.reset(self.token)
 
 
 @dataclass(frozen=True)
@@ -310,8 +355,14 @@ class ShardedQuerySet(models.QuerySet[M]):
     # --- Where a query runs -------------------------------------------------------------------
 
     def _group(self) -> ShardGroup:
+        try:
+            return _GROUPS[self.model]
+        except KeyError:
+            pass
         group = get_topology().shard_group_for(self.model)
-        if group is None:
+        if group is not None:
+            _GROUPS[self.model] = group
+        else:
             raise CrossShardError(
                 f"{self.model._meta.label} uses ShardedManager but is in no shard group: list "
                 'it in DBFLEET["SHARDS"], or give it a plain manager.'
@@ -336,18 +387,13 @@ class ShardedQuerySet(models.QuerySet[M]):
             return self._targets()[0]
         return super().db
 
-    @contextmanager
-    def _running_on(self, alias: str) -> Iterator[None]:
+    def _running_on(self, alias: str) -> _RunningOn:
         """Let Django evaluate this very queryset on ``alias``, without a clone.
 
         Only in this thread or task, and only for the evaluation itself: a
         queryset derived from it afterwards routes itself again.
         """
-        token = _RUNNING_ON.set((*_RUNNING_ON.get(), (self, alias)))
-        try:
-            yield
-        finally:
-            _RUNNING_ON.reset(token)
+        return _RunningOn(self, alias)
 
     def _check_joins(self, group: ShardGroup) -> None:
         """Refuse a join or a subquery that a shard cannot answer on its own."""
@@ -360,13 +406,19 @@ class ShardedQuerySet(models.QuerySet[M]):
                     "evaluate it first (list(...)) and filter on the list, or query a "
                     "reference model."
                 )
-        if not query.select_related and len(query.alias_map) <= 1:
+        # A join Django trimmed (``customer=7`` reads customer_id) stays, unreferenced.
+        joins = [
+            join
+            for alias, join in query.alias_map.items()
+            if isinstance(join, Join) and query.alias_refcount[alias]
+        ]
+        if not query.select_related and not joins:
             return  # Its own table only.
         key = shard_key(self.model)
         local = _local_tables(group, reference_only=key is None)
         relations = [
             *_selected_related(self.model._meta, query.select_related, query.max_depth),
-            *(join.join_field for join in query.alias_map.values() if isinstance(join, Join)),
+            *(join.join_field for join in joins),
         ]
         apart = [
             relation
@@ -386,7 +438,7 @@ class ShardedQuerySet(models.QuerySet[M]):
             field.related_model._meta.db_table
             for field in _selected_related(self.model._meta, query.select_related, query.max_depth)
         ]
-        joined += [join.table_name for join in query.alias_map.values()]
+        joined += [join.table_name for join in joins]
         joined = [table for table in joined if table not in local]
         if not joined:
             return
@@ -423,7 +475,9 @@ class ShardedQuerySet(models.QuerySet[M]):
         ]
         if not known:
             return list(group.databases)
-        found = set.intersection(*known)
+        found = known[0] if len(known) == 1 else set.intersection(*known)
+        if len(found) == 1:
+            return list(found)
         # No value at all (``key__in=[]``) matches nothing: any one database says so.
         return [alias for alias in group.databases if alias in found] or [group.databases[0]]
 
@@ -457,30 +511,51 @@ class ShardedQuerySet(models.QuerySet[M]):
         return clone
 
     def _each(self, work: Callable[[ShardedQuerySet[M]], T], targets: Sequence[str]) -> list[T]:
-        """``work`` on this query pinned to each target, in parallel outside a transaction.
+        """``work`` on this query pinned to each target (see :func:`_on_each`)."""
+        clones = {alias: self._on(alias) for alias in targets}
+        return _on_each(lambda alias: work(clones[alias]), targets)
 
-        The first target runs in the calling thread, the others on the fan-out
-        threads, each with the caller's context variables. Inside a transaction
-        on any of them everything runs on the caller's connections, one after the
-        other, so that it sees (and takes part in) the transaction.
+    def _narrowed(self) -> bool:
+        """Whether a fan-out sends each shard its own SQL: a key ``IN`` list split per shard."""
+        if self._pinned() is not None:
+            return False
+        alias = self.query.base_table
+        return any(_has_key_in(self.query.where, key, alias) for key in _routing_keys(self.model))
+
+    def _rows_each(self, targets: Sequence[str]) -> list[Iterable[tuple[Any, ...]]]:
+        """The rows of this ``values_list()`` query on each target, converted as Django does.
+
+        The SQL is compiled in the calling thread, once (a group is one engine)
+        unless a key ``IN`` list is split per shard. Where the engine's driver
+        can, every statement is sent before any answer is read, on this thread's
+        connections; else each runs on a fan-out thread.
         """
-        clones = [self._on(alias) for alias in targets]
-        if (
-            len(clones) == 1
-            or any(connections[alias].in_atomic_block for alias in targets)
-            or threading.current_thread().name.startswith(POOL_NAME)  # A fan-out in a fan-out.
-        ):
-            return [work(clone) for clone in clones]
-        pool = _fan_out_pool()
-        futures = [
-            pool.submit(contextvars.copy_context().run, _in_worker, work, clone)
-            for clone in clones[1:]
-        ]
-        try:
-            first = work(clones[0])
-        finally:
-            wait(futures)  # None is left running, even when this thread's part failed.
-        return [first, *(future.result() for future in futures)]
+        if self._narrowed():
+            compiled = {alias: _compiled(self._on(alias), alias) for alias in targets}
+        else:
+            compiled = dict.fromkeys(targets, _compiled(self, targets[0]))
+        statements = {alias: (sql, params) for alias, (_, sql, params) in compiled.items() if sql}
+        answers = vendors.of(connections[targets[0]]).run_at_once(
+            [(connections[alias], sql, params) for alias, (sql, params) in statements.items()]
+        )
+        if answers is None:
+
+            def run(alias: str) -> list[tuple[Any, ...]]:
+                sql, params = statements[alias]
+                with connections[alias].cursor() as cursor:
+                    cursor.execute(sql, params)
+                    rows: list[tuple[Any, ...]] = cursor.fetchall()
+                return rows
+
+            answers = _on_each(run, list(statements))
+        found = dict(zip(statements, answers, strict=True))
+        results = []
+        for alias, (compiler, _, _) in compiled.items():
+            rows = found.get(alias, [])
+            if compiler.has_extra_select:
+                rows = [row[: compiler.col_count] for row in rows]
+            results.append(compiler.results_iter(results=[rows], tuple_expected=True))
+        return results
 
     # --- Reads ----------------------------------------------------------------------------------
 
@@ -682,7 +757,10 @@ class ShardedQuerySet(models.QuerySet[M]):
             self._result_cache = self._merge_groups(targets)
             return
         per_shard, how = self._per_shard(targets[0])
-        results = how.tag(targets, per_shard._each(list, targets))
+        if how.names is None:  # Model instances, built by Django on each shard.
+            results = per_shard._each(list, targets)
+        else:
+            results = how.tag(targets, per_shard._rows_each(targets))
         self._result_cache = list(self._merge(targets, results, how))
         if how.tagged and self._prefetch_related_lookups:
             # Each shard's rows prefetch there (a related row is on its row's shard).
@@ -787,9 +865,17 @@ class ShardedQuerySet(models.QuerySet[M]):
         ]
         self._refuse_unselected_groups(names)
         self._refuse_text(targets[0], names, "grouped")
+        # The rows as values() would give them (the query's selected names, in order).
+        query = clone.query
+        selected = list(query.selected or ()) or [
+            *query.extra_select,
+            *query.values_select,
+            *query.annotation_select,
+        ]
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-        for rows in clone._each(list, targets):
-            for row in rows:
+        for rows in clone._rows_each(targets):
+            for values in rows:
+                row = dict(zip(selected, values, strict=True))
                 groups.setdefault(tuple(row[name] for name in names), []).append(row)
         merged = [
             {
@@ -1208,6 +1294,41 @@ class ShardedQuerySet(models.QuerySet[M]):
         return objs
 
 
+def _compiled(queryset: models.QuerySet[Any], alias: str) -> tuple[Any, str, Sequence[Any]]:
+    """(compiler, sql, params) of ``queryset`` on ``alias``; sql is empty if it matches nothing."""
+    compiler = queryset.query.get_compiler(alias)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return compiler, "", ()
+    return compiler, sql, params
+
+
+def _on_each(run: Callable[[str], T], targets: Sequence[str]) -> list[T]:
+    """``run(alias)`` for each target, in parallel outside a transaction.
+
+    The first target runs in the calling thread, the others on the fan-out
+    threads, each with the caller's context variables. Inside a transaction
+    on any of them everything runs on the caller's connections, one after the
+    other, so that it sees (and takes part in) the transaction.
+    """
+    if (
+        len(targets) <= 1
+        or any(connections[alias].in_atomic_block for alias in targets)
+        or threading.current_thread().name.startswith(POOL_NAME)  # A fan-out in a fan-out.
+    ):
+        return [run(alias) for alias in targets]
+    pool = _fan_out_pool()
+    futures = [
+        pool.submit(contextvars.copy_context().run, _in_worker, run, alias) for alias in targets[1:]
+    ]
+    try:
+        first = run(targets[0])
+    finally:
+        wait(futures)  # None is left running, even when this thread's part failed.
+    return [first, *(future.result() for future in futures)]
+
+
 _POOL: list[ThreadPoolExecutor] = []
 _POOL_LOCK = threading.Lock()
 
@@ -1234,21 +1355,21 @@ FAN_OUT_WRAPPERS: contextvars.ContextVar[
 ] = contextvars.ContextVar("dbfleet_fan_out_wrappers", default=())
 
 
-def _in_worker(work: Callable[[Any], T], clone: ShardedQuerySet[Any]) -> T:
-    """``work`` on a fan-out thread, on the thread's own connection to the clone's database.
+def _in_worker(run: Callable[[str], T], alias: str) -> T:
+    """``run(alias)`` on a fan-out thread, on the thread's own connection to ``alias``.
 
     Its connections are kept as Django keeps a request's: closed after use unless
     ``CONN_MAX_AGE`` says to keep them (then reused while usable and not too old).
     That is every connection the work opened (a related query, or a fan-out of
     its own run in order here), not just the clone's.
     """
-    connection = connections[clone._db or ""]
+    connection = connections[alias]
     connection.close_if_unusable_or_obsolete()
     try:
         with ExitStack() as stack:
             for wrapper in FAN_OUT_WRAPPERS.get():
                 stack.enter_context(wrapper(connection))
-            return work(clone)
+            return run(alias)
     finally:
         for opened in connections.all(initialized_only=True):
             if opened.settings_dict["CONN_MAX_AGE"] == 0:  # None: kept for good.

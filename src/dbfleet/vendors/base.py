@@ -289,6 +289,18 @@ class Vendor:
         """Drop dbfleet's capture triggers on ``table`` (none there: nothing to do)."""
 
     @staticmethod
+    def run_at_once(
+        statements: Sequence[tuple[BaseDatabaseWrapper, str, Sequence[Any]]],
+    ) -> list[list[tuple[Any, ...]]] | None:
+        """Each ``(connection, sql, params)`` at once, from this thread: the rows of each.
+
+        Every statement is sent before any answer is read, so the databases
+        work at the same time. None: this engine's driver cannot (the caller
+        runs the statements on threads instead).
+        """
+        return None
+
+    @staticmethod
     def copy_out(
         connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], size: int
     ) -> Iterator[list[tuple[Any, ...]]] | None:

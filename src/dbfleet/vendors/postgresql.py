@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import selectors
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.transaction import TransactionManagementError
 
 from dbfleet.vendors.base import (
@@ -135,6 +137,108 @@ BEGIN
     RETURN NULL;
 END
 """
+
+
+def _send(cursor: CursorWrapper, sql: str, params: Sequence[Any]) -> None:
+    """Send ``sql`` on ``cursor``'s connection without waiting, as Django would execute it.
+
+    Through the connection's execute wrappers (``capture_queries()``, the write
+    guard) and, with a debug cursor, into ``connection.queries``; the time they
+    see is the sending only.
+    """
+    driver = cursor.cursor
+
+    def send(sql: str, params: Any, many: bool, context: dict[str, Any]) -> None:
+        with cursor.db.wrap_database_errors:
+            cursor.db.validate_no_broken_transaction()
+            query = driver.mogrify(sql, params).encode(driver.connection.info.encoding)
+            driver.connection.pgconn.send_query(query)
+
+    debug = (
+        cursor.debug_sql(sql, params, use_last_executed_query=True)
+        if isinstance(cursor, CursorDebugWrapper)
+        else contextlib.nullcontext()
+    )
+    with debug:
+        cursor._execute_with_wrappers(sql, params, many=False, executor=send)
+
+
+def _rows(cursor: CursorWrapper, results: list[Any]) -> list[tuple[Any, ...]]:
+    """The rows of a statement's results, loaded by the cursor's adapters; or its error, raised."""
+    from psycopg import adapt, errors, pq
+
+    driver = cursor.cursor
+    rows: list[tuple[Any, ...]] = []
+    with cursor.db.wrap_database_errors:
+        for result in results:
+            if result.status == pq.ExecStatus.TUPLES_OK:
+                loader = adapt.Transformer(driver)
+                loader.set_pgresult(result)
+                rows += loader.load_rows(0, result.ntuples, tuple)
+            elif result.status != pq.ExecStatus.COMMAND_OK:
+                raise errors.error_from_result(result, driver.connection.info.encoding)
+    return rows
+
+
+def _binds_client_side(connection: BaseDatabaseWrapper) -> bool:
+    """Whether Django runs ``connection``'s statements on psycopg 3's ClientCursor."""
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError:
+        return False
+    return is_psycopg3 and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+
+
+def _run_at_once(
+    cursors: list[CursorWrapper], queries: list[tuple[str, Sequence[Any]]]
+) -> list[list[tuple[Any, ...]]]:
+    """Each ``queries[i]`` on ``cursors[i]``: all sent, then each answer read as it arrives."""
+    results: dict[int, list[Any]] = {}
+    waiting: dict[int, CursorWrapper] = {}
+    error: BaseException | None = None
+    try:
+        for index, cursor in enumerate(cursors):
+            try:
+                _send(cursor, *queries[index])
+            except Exception as failed:
+                error = failed
+                break
+            waiting[index] = cursor
+        with selectors.DefaultSelector() as selector:
+            for index, cursor in waiting.items():
+                pgconn = cursor.cursor.connection.pgconn
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pgconn.flush() else 0)
+                selector.register(pgconn.socket, events, index)
+            while waiting:
+                for key, events in selector.select():
+                    index = key.data
+                    cursor = waiting[index]
+                    pgconn = cursor.cursor.connection.pgconn
+                    with cursor.db.wrap_database_errors:
+                        if events & selectors.EVENT_WRITE and not pgconn.flush():
+                            selector.modify(key.fileobj, selectors.EVENT_READ, index)
+                        pgconn.consume_input()
+                        while not pgconn.is_busy():
+                            result = pgconn.get_result()
+                            if result is None:  # The statement's answer is complete.
+                                selector.unregister(key.fileobj)
+                                del waiting[index]
+                                break
+                            results.setdefault(index, []).append(result)
+    finally:
+        for cursor in waiting.values():  # Interrupted: a connection left mid-answer.
+            cursor.db.close()
+    if error is not None:
+        raise error
+    answers: list[list[tuple[Any, ...]]] = []
+    for index, cursor in enumerate(cursors):
+        try:
+            answers.append(_rows(cursor, results.get(index, [])))
+        except Exception as failed:
+            error = error or failed
+    if error is not None:
+        raise error
+    return answers
 
 
 class PostgreSQL(Vendor):
@@ -439,6 +543,22 @@ class PostgreSQL(Vendor):
             query(connection, f"DROP TRIGGER IF EXISTS {trigger} ON {quoted}")
         for function in sorted({function for _, function in rows}):
             query(connection, f"DROP FUNCTION IF EXISTS {function}")
+
+    @staticmethod
+    def run_at_once(
+        statements: Sequence[tuple[BaseDatabaseWrapper, str, Sequence[Any]]],
+    ) -> list[list[tuple[Any, ...]]] | None:
+        """Every statement sent (libpq's asynchronous API), then every answer read as it comes.
+
+        Only with psycopg 3's client-side binding (Django's default). If one
+        database fails, the others' answers are still read before its error is
+        raised; if this is interrupted, the connections still waiting are closed.
+        """
+        if not statements or not _binds_client_side(statements[0][0]):
+            return None
+        with contextlib.ExitStack() as stack:
+            cursors = [stack.enter_context(connection.cursor()) for connection, _, _ in statements]
+            return _run_at_once(cursors, [(sql, params) for _, sql, params in statements])
 
     @staticmethod
     def copy_out(
