@@ -38,7 +38,6 @@ from bench.settings import SHARD_ALIASES, SHARD_ALIASES_AGE_0, SHARD_ALL
 from bench.shardshop.models import Customer, Order
 from bench.timing import US, Case, Ratio, Unit, console, measure, report
 from dbfleet.sharding import ids
-from dbfleet.sharding.query import FAN_OUT_THREADS
 from dbfleet.sharding.slots import hash_slot
 from dbfleet.testing import capture_queries
 
@@ -340,7 +339,8 @@ def bench_fan_out(shop: Shop, quick: bool, *, kept: bool) -> bool:
     """Time the fan-outs against the loop over the shards (at most half of it) and one database.
 
     ``kept``: the shards' connections have ``CONN_MAX_AGE = 600``, else 0, Django's
-    default, with which every fan-out thread connects anew for its part of a query.
+    default (a fan-out thread would connect anew for its part of each query; on
+    PostgreSQL these two queries run on the calling thread's connections instead).
     """
     shards = SHARD_ALIASES if kept else SHARD_ALIASES_AGE_0
     with override_settings(DBFLEET=fleet(shards)):
@@ -364,9 +364,7 @@ def bench_fan_out(shop: Shop, quick: bool, *, kept: bool) -> bool:
     if skipped is None:
         ratios += [Ratio(GROUPS, GROUPS_LOOP, at_most=half), Ratio(GROUPS, GROUPS_ONE)]
     connected = (
-        "connections kept (CONN_MAX_AGE = 600)"
-        if kept
-        else "CONN_MAX_AGE = 0 (Django's default): each fan-out connects anew"
+        "connections kept (CONN_MAX_AGE = 600)" if kept else "CONN_MAX_AGE = 0 (Django's default)"
     )
     met = report(
         f"Fan-out over {len(shards)} PostgreSQL databases ({len(shop.orders):,} orders), "
@@ -374,16 +372,16 @@ def bench_fan_out(shop: Shop, quick: bool, *, kept: bool) -> bool:
         samples,
         unit=MS,
         ratios=ratios,
-        note=f"The sharded queryset runs each shard's query on a thread (at most "
-        f"{FAN_OUT_THREADS} at once) and merges the answers; the hand-written loops run the "
-        "same queries one shard after the other on this thread's connections, which stay "
-        f"open, then merge. Each shard returns at most {LIMIT} rows, read from its index on "
-        "created; the group-by reads every row."
+        note="The sharded queryset compiles the query once and sends it to every shard from "
+        "this thread, on its connections, before it reads any answer (libpq's asynchronous "
+        "API), then merges the answers; the hand-written loops run the same queries one shard "
+        "after the other on the same connections, then merge. Each shard returns at most "
+        f"{LIMIT} rows, read from its index on created; the group-by reads every row"
         + (
-            ""
+            "."
             if kept
-            else " No target: under a request with CONN_MAX_AGE = 0 the loop would connect to "
-            "each shard too, and here it never does."
+            else ". No target: the loop's connections stay open here, as they would not "
+            "under a request."
         ),
     )
     if skipped is not None:
