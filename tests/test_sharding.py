@@ -475,6 +475,17 @@ def test_instances_are_merged_by_an_annotation() -> None:
     assert [c.id for c in ranked[1:3]] == [4, 2]
 
 
+def test_ordering_by_a_deferred_field_loads_it_once_per_shard() -> None:
+    customers()
+    add_orders([(key, f"s{key}", Decimal(key), key) for key in range(1, 7)])
+    both_shards_used()
+    for orders in (Order.objects.defer("total"), Order.objects.only("id")):
+        with capture_queries() as queries:
+            found = [order.id for order in orders.order_by("-total")[:4]]
+        assert found == [6, 5, 4, 3]
+        assert len(queries.aliases) == 2  # One statement a shard, none per row.
+
+
 def test_a_shard_s_error_on_a_fan_out_thread_reaches_the_caller() -> None:
     customers()
     worker = SHARDS[1]  # The first database's part runs in the calling thread.

@@ -658,6 +658,7 @@ class ShardedQuerySet(models.QuerySet[M]):
             clone.query.add_annotation(expression, sort_key)
         if self._fields is None:
             if not self._built_after_merge(streaming):
+                self._load_ordering(clone)
                 return clone, _Merge(None, None, sort_keys)
             # Rows as tuples, tagged with their database: only those the merge keeps
             # become instances (a slice of eight shards builds 20 instances, not 160).
@@ -712,6 +713,19 @@ class ShardedQuerySet(models.QuerySet[M]):
             raise self._no_named_rows()
         values: Any = models.QuerySet.values_list(clone, *names)
         return values, _Merge(shape, names, sort_keys)
+
+    def _load_ordering(self, clone: ShardedQuerySet[Any]) -> None:
+        """Load the fields the merge compares, even if deferred (else a query per row)."""
+        names = {
+            self.model._meta.pk.name if name == "pk" else name
+            for name, _ in self._order_terms()
+            if name not in self.query.annotations
+        }
+        fields, deferring = clone.query.deferred_loading
+        if deferring:
+            clone.query.deferred_loading = (frozenset(fields) - names, True)
+        elif fields:  # only(): add them.
+            clone.query.deferred_loading = (frozenset(fields) | names, False)
 
     def _merge(
         self, targets: Sequence[str], results: Iterable[Iterable[Any]], how: _Merge
