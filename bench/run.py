@@ -31,6 +31,7 @@ BENCHMARKS = {
     "transactions": "bench.transactions",
     "sharding": "bench.sharding",
     "fleet_ids": "bench.fleet_ids",
+    "analytics": "bench.analytics",
 }
 
 

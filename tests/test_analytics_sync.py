@@ -50,6 +50,7 @@ from dbfleet.analytics.sync import (
     sync_status,
 )
 from dbfleet.reports import fleet_status
+from dbfleet.testing import capture_queries
 from dbfleet.vendors.base import CHANGES
 from tests.settings import CONFIGURATION, PREFIX
 
@@ -219,6 +220,46 @@ def test_the_first_sync_loads_everything_from_postgresql_and_sqlite() -> None:
     again = sync()
     assert [(m.full, m.changes, m.written) for m in again.models] == [(False, 0, 0)] * 3
     assert all(read_state("warehouse", capture.label_of(m)).loaded for m in (OrderFact, TicketFact))
+
+
+def test_a_full_load_from_postgresql_sends_copy_text_that_chdb_parses_value_for_value() -> None:
+    customer = Customer.objects.create(name="c")
+    tricky = [
+        "tab\there",
+        "new\nline",
+        "carriage\rreturn",
+        "back\\slash",
+        "\\N",
+        "",
+        "été 東京 🎉",
+        "\\t not a tab",
+    ]
+    Order.objects.bulk_create(
+        Order(
+            customer=customer if i % 2 else None,
+            status=f"s{i}",
+            total=Decimal(f"-{i}.05"),
+            quantity=None if i % 3 else -(2**31),
+            paid=bool(i % 2),
+            placed=(datetime.date(1900, 1, 1), datetime.date(2299, 12, 31), None)[i % 3],
+            token=uuid.UUID(int=2**128 - 1 - i),
+            weight=(float("inf"), float("-inf"), 1e-300, -0.0, 1 / 3)[i % 5],
+            note=note,
+        )
+        for i, note in enumerate(tricky)
+    )
+    # A time to the microsecond, far from now (auto_now set it on create).
+    Order.objects.filter(pk=Order.objects.order_by("pk")[0].pk).update(
+        updated=datetime.datetime(1901, 2, 3, 4, 5, 6, 789012, tzinfo=datetime.UTC)
+    )
+    with capture_queries() as queries:
+        result = sync_copy(Copy(OrderFact), batch_size=3)
+    assert (result.full, result.loaded, result.error) == (True, len(tricky), "")
+    inserts = [q.sql for q in queries if q.alias == "warehouse" and "synced_orderfact" in q.sql]
+    inserts = [sql for sql in inserts if sql.startswith("INSERT")]
+    assert inserts and all("FROM file(" in sql for sql in inserts)
+    assert len(inserts) == 3  # Batches of 3 rows, 8 rows.
+    assert_exact(OrderFact)
 
 
 #: Per source: its model, copy, a text column, another column and a value for it.

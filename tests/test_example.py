@@ -55,6 +55,7 @@ def run_demo(data_dir: Path, urls: dict[str, str] | None = None) -> str:
     }
     env["BOOKSTORE_DATA_DIR"] = str(data_dir)
     env["SHOP_DATA_DIR"] = str(data_dir / "shop")
+    env["SALES_DATA_DIR"] = str(data_dir / "sales")
     env["PYTHONWARNINGS"] = "error::DeprecationWarning,error::PendingDeprecationWarning"
     for alias, url in (urls or {}).items():
         env[f"BOOKSTORE_{alias.upper()}_URL"] = url
@@ -250,6 +251,18 @@ def test_demo_shards_a_model_over_four_sqlite_files(tmp_path: Path) -> None:
     assert "  24 orders, 1122.00 in all, 46.75 on average\n" in output
     assert "As sharded: each customer and its orders in one file" in output
     assert shop_files(tmp_path) == expected_shop_files()
+
+
+def test_demo_syncs_orders_into_chdb_and_reports_the_same_on_both(tmp_path: Path) -> None:
+    if importlib.util.find_spec("chdb") is None:  # Not imported: this process may fork.
+        pytest.skip("the sales demo needs chDB (the [chdb] extra)")
+    output = run_demo(tmp_path).partition("Analytics (examples/sales)")[2]
+    assert output, "the bookstore demo runs the sales demo after the shop"
+    assert "loaded in full (100,000 rows)" in output
+    assert re.search(r"changes; [\d,]+ rows written, \d+ deleted", output), output
+    assert "The same answer from both." in output
+    assert "Every copy has exactly its source's rows." in output
+    assert (tmp_path / "sales" / "chdb").is_dir()  # Its files where it was told.
 
 
 def test_demo_on_servers(tmp_path: Path, server_databases: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ Run it from the repository root with ``python3 dev.py demo`` (or
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 import subprocess
@@ -19,6 +20,9 @@ from typing import Any, NoReturn
 HERE = Path(__file__).resolve().parent
 #: The sharded example: a project of its own, so it runs in a process of its own.
 SHOP_DEMO = HERE.parent / "shop" / "demo.py"
+SALES_DEMO = HERE.parent / "sales" / "demo.py"
+#: The shop demo's steps: the sales demo's numbering follows them.
+SHOP_STEPS = 6
 TABLES = ("books_author", "books_book")
 AUTHORS = [("Jane", "Austen"), ("Herman", "Melville"), ("Toni", "Morrison")]
 BOOKS = [
@@ -290,6 +294,21 @@ def sharding(first_step: int) -> None:
         stop(f"The sharded part ({SHOP_DEMO.relative_to(HERE.parent)}) failed; see above.")
 
 
+def analytics(first_step: int) -> None:
+    """Run the sales example: orders in SQLite, their copy in embedded ClickHouse (chDB)."""
+    if importlib.util.find_spec("chdb") is None:
+        print(
+            f"\n== {first_step}. Analytics (examples/sales): skipped, chDB is not installed "
+            "(pip install 'django-dbfleet[chdb]'; python3 dev.py demo installs it)"
+        )
+        return
+    sys.stdout.flush()
+    # A process of its own too: chDB allows one data directory per process.
+    sales = subprocess.run([sys.executable, str(SALES_DEMO), "--first-step", str(first_step)])
+    if sales.returncode:
+        stop(f"The analytics part ({SALES_DEMO.relative_to(HERE.parent)}) failed; see above.")
+
+
 def main() -> None:
     """Run the demo's steps in order."""
     setup()
@@ -312,6 +331,7 @@ def main() -> None:
     heading("7. Reads from the replica, and reading your own writes")
     replicas()
     sharding(first_step=8)
+    analytics(first_step=8 + SHOP_STEPS)
 
 
 if __name__ == "__main__":

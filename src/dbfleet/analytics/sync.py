@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -149,8 +150,11 @@ class Copy:
         fields = [_field(model, name) for name in self.names]
         quote = connections[self.alias].ops.quote_name
         self.quoted = [quote(str(field.column)) for field in fields]
-        self.version_column = quote(str(_field(model, VERSION).column))
-        self.deleted_column = quote(str(_field(model, DELETED).column))
+        self.column_names = [str(field.column) for field in fields]
+        self.version_column_name = str(_field(model, VERSION).column)
+        self.deleted_column_name = str(_field(model, DELETED).column)
+        self.version_column = quote(self.version_column_name)
+        self.deleted_column = quote(self.deleted_column_name)
         #: Fields the copy declares itself: their values are prepared by them, as the ORM would.
         self.declared = [
             (index, field)
@@ -193,6 +197,40 @@ class Copy:
                 batch = []
         if batch:
             yield batch
+
+    def as_text(self, size: int) -> Generator[bytes, None, None] | None:
+        """Every source row as text the copy's database parses itself, if both ends can.
+
+        PostgreSQL's COPY text into chDB's ``TabSeparated`` parser: no value is made
+        in Python. Not for fields the copy declares itself (they prepare their own
+        values), nor for naive datetimes (``USE_TZ = False``: the text's offset
+        would place them otherwise than the ORM does).
+        """
+        naive = not settings.USE_TZ and any(
+            isinstance(self.source._meta.get_field(name), models.DateTimeField)
+            for name in self.source_names
+        )
+        if self.declared or naive:
+            return None
+        target = connections[self.alias]
+        if vendors.of(target).insert_text(target, self.table, self.column_names, b"", {}) is None:
+            return None
+        connection = self.source_connection
+        queryset = (
+            self.source._base_manager.db_manager(self.source_alias)
+            .values_list(*self.source_names)
+            .order_by()
+        )
+        sql, params = queryset.query.get_compiler(self.source_alias).as_sql()
+        return vendors.of(connection).copy_out_text(connection, sql, list(params), size)
+
+    def write_text(self, text: bytes, version: int) -> int:
+        """Write source rows given as text (:meth:`as_text`) to the copy; how many."""
+        target = connections[self.alias]
+        fixed = {self.version_column_name: version, self.deleted_column_name: 0}
+        written = vendors.of(target).insert_text(target, self.table, self.column_names, text, fixed)
+        assert written is not None  # as_text() asked first.
+        return written
 
     def write(self, rows: Sequence[tuple[Any, ...]], version: int) -> None:
         """Write ``rows`` (source rows) to the copy, as of ``version``."""
@@ -368,13 +406,22 @@ def full_load(
     capture.drain(copy.source_connection, copy.label)
     version = versions.take()
     loaded = 0
-    with contextlib.closing(copy.everything(size)) as batches:
-        for batch in batches:
-            copy.write(batch, version)
-            loaded += len(batch)
-            progress(copy.label, "loaded", loaded)
-            if stop is not None and stop.is_set():
-                return None
+    text = copy.as_text(size)
+    if text is not None:
+        with contextlib.closing(text) as chunks:
+            for chunk in chunks:
+                loaded += copy.write_text(chunk, version)
+                progress(copy.label, "loaded", loaded)
+                if stop is not None and stop.is_set():
+                    return None
+    else:
+        with contextlib.closing(copy.everything(size)) as batches:
+            for batch in batches:
+                copy.write(batch, version)
+                loaded += len(batch)
+                progress(copy.label, "loaded", loaded)
+                if stop is not None and stop.is_set():
+                    return None
     # Copied rows that the load did not write again are no longer in the source.
     gone = (
         _live(copy.model, copy.alias)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -297,6 +297,33 @@ class Vendor:
         Every statement is sent before any answer is read, so the databases
         work at the same time. None: this engine's driver cannot (the caller
         runs the statements on threads instead).
+        """
+        return None
+
+    @staticmethod
+    def copy_out_text(
+        connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], rows: int
+    ) -> Generator[bytes, None, None] | None:
+        """The rows of ``sql`` as text, in chunks of about ``rows`` whole rows; None: no such path.
+
+        The text is PostgreSQL's COPY text format: a line a row, values separated
+        by tabs, ``\\N`` for NULL, backslash escapes; dates in ISO order; booleans
+        ``t`` and ``f``. ClickHouse parses it as ``TabSeparated``.
+        """
+        return None
+
+    @staticmethod
+    def insert_text(
+        connection: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+        text: bytes,
+        fixed: dict[str, Any],
+    ) -> int | None:
+        """Rows in the text of :meth:`copy_out_text` inserted into ``columns`` of ``table``.
+
+        ``fixed`` gives the other columns one value for every row. The rows
+        written; None: this database cannot take such text (the caller inserts rows).
         """
         return None
 

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import math
 import selectors
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from django.db import DatabaseError
@@ -566,6 +566,12 @@ class PostgreSQL(Vendor):
     ) -> Iterator[list[tuple[Any, ...]]] | None:
         return _copy_out(connection, sql, params, size)
 
+    @staticmethod
+    def copy_out_text(
+        connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], rows: int
+    ) -> Generator[bytes, None, None] | None:
+        return _copy_out_text(connection, sql, params, rows)
+
 
 def _copy_out(
     connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], size: int
@@ -589,3 +595,37 @@ def _copy_out(
                     batch = []
             if batch:
                 yield batch
+
+
+def _copy_out_text(
+    connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], rows: int
+) -> Generator[bytes, None, None]:
+    # COPY's text format as the server writes it, never parsed here: what it sends is cut
+    # after a newline (each row ends with one; a newline inside a value is written \n).
+    # DateStyle decides the order of a date's parts: ISO, for this statement.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW DateStyle")
+        (style,) = cursor.fetchone()
+        if not style.startswith("ISO"):
+            cursor.execute("SET DateStyle = 'ISO'")
+        try:
+            with (
+                connection.wrap_database_errors,
+                cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy,
+            ):
+                pending: list[bytes] = []
+                count = 0
+                for block in copy:
+                    data = bytes(block)
+                    count += data.count(b"\n")
+                    pending.append(data)
+                    if count >= rows:
+                        text = b"".join(pending)
+                        end = text.rindex(b"\n") + 1
+                        yield text[:end]
+                        pending, count = [text[end:]], 0
+                if rest := b"".join(pending):
+                    yield rest
+        finally:
+            if not style.startswith("ISO") and connection.is_usable():
+                cursor.execute("SET DateStyle = %s", [style])
