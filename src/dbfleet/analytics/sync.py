@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 
 #: Rows read and written at a time, unless told otherwise.
 DEFAULT_BATCH_SIZE = 10_000
+#: Rows in each block of a text load (``Copy.as_text``) when no batch size is given: each
+#: block is one insert and one part in the copy's table (10,000 made 100 parts a million
+#: rows, and took half as long again); 250,000 rows of ten columns are about 30 MB of text.
+TEXT_BLOCK_ROWS = 250_000
 #: Versions reserved at once: a run writes one state row per block, not per batch.
 VERSION_BLOCK = 1_000_000
 #: Keys read from the source at once (one IN list).
@@ -392,7 +396,7 @@ def full_load(
     copy: Copy,
     state: SyncState,
     versions: Versions,
-    size: int,
+    size: int | None,
     progress: Progress,
     stop: threading.Event | None = None,
 ) -> tuple[int, int] | None:
@@ -406,7 +410,8 @@ def full_load(
     capture.drain(copy.source_connection, copy.label)
     version = versions.take()
     loaded = 0
-    text = copy.as_text(size)
+    text = copy.as_text(size or TEXT_BLOCK_ROWS)
+    size = size or DEFAULT_BATCH_SIZE
     if text is not None:
         with contextlib.closing(text) as chunks:
             for chunk in chunks:
@@ -446,7 +451,7 @@ def sync_copy(
     copy: Copy,
     *,
     full: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Progress = _no_progress,
     max_batches: int | None = None,
     stop: threading.Event | None = None,
@@ -454,7 +459,8 @@ def sync_copy(
     """One run for ``copy``, its lock held by the caller (see the module).
 
     It ends when the log is empty, after ``max_batches`` batches, or at the end
-    of the batch during which ``stop`` is set.
+    of the batch during which ``stop`` is set. ``batch_size``: rows at a time
+    (``DEFAULT_BATCH_SIZE``; ``TEXT_BLOCK_ROWS`` for a load sent as text).
     """
     started = time.time()
     result = ModelSync(
@@ -477,7 +483,8 @@ def sync_copy(
                 result.deleted += loaded[1]
             if stop is not None and stop.is_set():
                 break
-            changes = capture.pending(copy.source_connection, copy.label, batch_size)
+            size = batch_size or DEFAULT_BATCH_SIZE
+            changes = capture.pending(copy.source_connection, copy.label, size)
             if not changes:
                 break
             batches += 1
@@ -526,7 +533,7 @@ def sync(
     labels: Sequence[str] = (),
     *,
     full: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: Progress = _no_progress,
 ) -> SyncReport:
     """Sync each synced model ``labels`` names (else all), one at a time, each under its lock.
@@ -552,7 +559,7 @@ def follow(
     *,
     full: bool = False,
     interval: float = 1.0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     stop: threading.Event,
     on_sync: Callable[[ModelSync], None] = lambda result: None,
     progress: Progress = _no_progress,

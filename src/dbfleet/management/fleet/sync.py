@@ -14,6 +14,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from dbfleet.analytics.sync import (
     DEFAULT_BATCH_SIZE,
+    TEXT_BLOCK_ROWS,
     CheckReport,
     ModelSync,
     SyncReport,
@@ -76,9 +77,10 @@ def add_arguments(parser: CommandParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive,
-        default=DEFAULT_BATCH_SIZE,
+        default=None,
         metavar="N",
-        help=f"Rows read and written at a time (default {DEFAULT_BATCH_SIZE:,}).",
+        help=f"Rows read and written at a time (default {DEFAULT_BATCH_SIZE:,}; "
+        f"{TEXT_BLOCK_ROWS:,} for a load that sends the source's text).",
     )
     parser.add_argument(
         "--check",
@@ -96,7 +98,7 @@ def handle(
     full: bool,
     follow: bool,
     interval: float,
-    batch_size: int,
+    batch_size: int | None,
     check: bool,
     format: str,
     verbosity: int,
@@ -191,7 +193,7 @@ def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_follow(
-    out: Out, models: list[str], full: bool, interval: float, batch_size: int, verbosity: int
+    out: Out, models: list[str], full: bool, interval: float, batch_size: int | None, verbosity: int
 ) -> None:
     stop = threading.Event()
     style = out.style
