@@ -34,6 +34,7 @@ from django.core.management.base import CommandError
 from django.db import connections, models, router
 
 from dbfleet.analytics import capture
+from dbfleet.analytics import sync as sync_module
 from dbfleet.analytics.spec import DELETED, VERSION, spec_of
 from dbfleet.analytics.sync import (
     Copy,
@@ -222,7 +223,9 @@ def test_the_first_sync_loads_everything_from_postgresql_and_sqlite() -> None:
     assert all(read_state("warehouse", capture.label_of(m)).loaded for m in (OrderFact, TicketFact))
 
 
-def test_a_full_load_from_postgresql_sends_copy_text_that_chdb_parses_value_for_value() -> None:
+def test_a_full_load_from_postgresql_sends_copy_text_that_chdb_parses_value_for_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     customer = Customer.objects.create(name="c")
     tricky = [
         "tab\there",
@@ -259,6 +262,14 @@ def test_a_full_load_from_postgresql_sends_copy_text_that_chdb_parses_value_for_
     inserts = [sql for sql in inserts if sql.startswith("INSERT")]
     assert inserts and all("FROM file(" in sql for sql in inserts)
     assert len(inserts) == 3  # Batches of 3 rows, 8 rows.
+    assert_exact(OrderFact)
+    # Without a batch size, blocks of TEXT_BLOCK_ROWS (not the row path's default).
+    monkeypatch.setattr(sync_module, "TEXT_BLOCK_ROWS", 5)
+    monkeypatch.setattr(sync_module, "DEFAULT_BATCH_SIZE", 1)
+    with capture_queries() as queries:
+        assert sync_copy(Copy(OrderFact), full=True).loaded == len(tricky)
+    inserts = [q.sql for q in queries if q.alias == "warehouse" and "FROM file(" in q.sql]
+    assert len(inserts) == 2  # Blocks of 5 rows, 8 rows.
     assert_exact(OrderFact)
 
 

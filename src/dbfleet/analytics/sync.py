@@ -411,7 +411,7 @@ def full_load(
     version = versions.take()
     loaded = 0
     text = copy.as_text(size or TEXT_BLOCK_ROWS)
-    size = size or DEFAULT_BATCH_SIZE
+    rows = size or DEFAULT_BATCH_SIZE
     if text is not None:
         with contextlib.closing(text) as chunks:
             for chunk in chunks:
@@ -420,7 +420,7 @@ def full_load(
                 if stop is not None and stop.is_set():
                     return None
     else:
-        with contextlib.closing(copy.everything(size)) as batches:
+        with contextlib.closing(copy.everything(rows)) as batches:
             for batch in batches:
                 copy.write(batch, version)
                 loaded += len(batch)
@@ -435,9 +435,9 @@ def full_load(
     )
     deleted = 0
     keys: list[Any] = []
-    for key in gone.iterator(chunk_size=size):
+    for key in gone.iterator(chunk_size=rows):
         keys.append(key)
-        if len(keys) >= size:
+        if len(keys) >= rows:
             copy.delete(keys, version)
             deleted, keys = deleted + len(keys), []
     copy.delete(keys, version)
@@ -472,6 +472,7 @@ def sync_copy(
     oldest: float | None = None
     try:
         reload = full or not state.loaded
+        pending_rows = batch_size or DEFAULT_BATCH_SIZE
         batches = 0
         while max_batches is None or batches < max_batches:
             if reload:
@@ -483,8 +484,7 @@ def sync_copy(
                 result.deleted += loaded[1]
             if stop is not None and stop.is_set():
                 break
-            size = batch_size or DEFAULT_BATCH_SIZE
-            changes = capture.pending(copy.source_connection, copy.label, size)
+            changes = capture.pending(copy.source_connection, copy.label, pending_rows)
             if not changes:
                 break
             batches += 1
