@@ -21,7 +21,7 @@ from dbfleet.management.fleet.output import jsonable
 from dbfleet.reports import SlotRange, shards_report, slot_ranges
 from dbfleet.topology import ShardGroup
 from tests.settings import ENGINES
-from tests.shop.models import Customer, Order, Product, Visit
+from tests.shop.models import Customer, Order, Product, Review, Visit
 
 SHARDS = ("books", "loans")
 GROUP = {
@@ -38,7 +38,8 @@ pytestmark = [
         reason="a shard group is one engine; this configuration has none on two aliases",
     ),
 ]
-SHARDED = (Customer, Product, Order, Visit)  # Product before the orders that refer to it.
+#: Referred to before referring (reviews: only for what deleting a product cascades to).
+SHARDED = (Customer, Product, Order, Visit, Review)
 
 
 @pytest.fixture(scope="module")

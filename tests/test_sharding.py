@@ -7,6 +7,7 @@ mysql configurations); every fan-out answer is compared with the same query on
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,20 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, IntegrityError, connections, router
-from django.db.models import Avg, Count, Max, Min, Q, StdDev, Sum
+from django.db.models import (
+    Avg,
+    CharField,
+    Count,
+    DurationField,
+    Max,
+    Min,
+    Q,
+    StdDev,
+    Sum,
+    Value,
+)
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Concat
 from django.db.models.signals import post_init
 from django.db.transaction import TransactionManagementError
 from django.test import override_settings
@@ -33,7 +46,7 @@ from dbfleet.sharding.query import close_fan_out_connections
 from dbfleet.sharding.slots import hash_slot, key_bytes, slot_of_id
 from dbfleet.testing import capture_queries
 from tests.settings import ENGINES
-from tests.shop.models import Customer, Order, Product, TwinOrder, Visit
+from tests.shop.models import Country, Customer, Order, Product, Review, TwinOrder, Visit
 
 SHARDS = ("books", "loans")
 FLEET = {
@@ -41,8 +54,13 @@ FLEET = {
     "SHARDS": {
         "customers": {
             "databases": list(SHARDS),
-            "keys": {"shop.Customer": "id", "shop.Order": "customer", "shop.Visit": "session"},
-            "reference": ["shop.Product"],
+            "keys": {
+                "shop.Customer": "id",
+                "shop.Order": "customer",
+                "shop.Visit": "session",
+                "shop.Review": "customer",
+            },
+            "reference": ["shop.Product", "shop.Country"],
             "slots": 64,
         }
     },
@@ -58,7 +76,8 @@ pytestmark = [
 #: engine does; on MariaDB, whose collation ignores case, a number (text there is refused:
 #: test_text_mariadb_compares_under_its_collation_is_refused_where_python_would_differ).
 GROUP = "quantity" if ENGINES["books"] == "mysql" else "status"
-SHARDED = (Customer, Product, Order, Visit)  # Product before the orders that refer to it.
+#: Referred to before referring.
+SHARDED = (Customer, Product, Country, Order, Visit, Review)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +100,10 @@ def sharded(shard_tables: None) -> Iterator[None]:
     with override_settings(DBFLEET=FLEET):
         yield
         for alias in SHARDS:
+            Review.objects.using(alias).all()._raw_delete(alias)
             Order.objects.using(alias).all()._raw_delete(alias)
             Customer.objects.using(alias).all()._raw_delete(alias)
+            Country.objects.using(alias).all()._raw_delete(alias)
             Visit.objects.using(alias).all()._raw_delete(alias)
             Product.objects.using(alias).all()._raw_delete(alias)
 
@@ -575,6 +596,28 @@ def test_a_postgresql_fan_out_runs_on_the_calling_thread_s_connections_at_once()
 
 
 @PG_ONLY
+def test_a_postgresql_fan_out_that_begins_a_transaction_reads_inside_it() -> None:
+    customers()
+    for alias in SHARDS:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+            )
+    try:
+        with dbfleet.atomic(*SHARDS):
+            before = sorted(Customer.objects.values_list("id", flat=True))
+            # Written by another session: the transaction's snapshot, taken by the first
+            # read, does not see it.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(Customer.objects.create, id=7, name="late", country="fr").result()
+            assert sorted(Customer.objects.values_list("id", flat=True)) == before
+    finally:
+        for alias in SHARDS:
+            connections[alias].close()  # The session's characteristics go with it.
+    assert sorted(Customer.objects.values_list("id", flat=True)) == [*before, 7]
+
+
+@PG_ONLY
 def test_a_postgresql_fan_out_s_error_leaves_every_connection_usable() -> None:
     customers()
     broken = SHARDS[0]
@@ -912,6 +955,62 @@ def test_what_the_review_found_a_fan_out_cannot_answer_is_refused() -> None:
         ),
     ):
         list(Order.objects.filter(customer__name="c1"))
+
+
+def test_what_a_second_review_found_is_answered_exactly_or_refused() -> None:
+    customers()
+    rows = [(1, "apple", Decimal(1), 1), (2, "Banana", Decimal(2), 2), (3, "cherry", Decimal(3), 1)]
+    add_orders([*rows, (4, "apple", Decimal(4), 2), (5, "Banana", Decimal(5), 1)])
+    both_shards_used()
+    # A filter on an aggregate: refused by exists() and count() as by iteration.
+    grouped = Order.objects.values(GROUP).annotate(n=Count("id"))
+    with pytest.raises(dbfleet.CrossShardError, match="filter on an aggregate"):
+        grouped.filter(n__gt=1).exists()
+    with pytest.raises(dbfleet.CrossShardError, match="filter on an aggregate"):
+        grouped.filter(n__gt=1).count()
+    statuses = Order.objects.values("status")
+    with pytest.raises(dbfleet.CrossShardError, match="union"):
+        statuses.union(statuses).count()
+    with pytest.raises(dbfleet.CrossShardError, match=r"distinct\(\*fields\)"):
+        list(Order.objects.order_by("status").distinct("status"))
+    # get() of a group, or of a distinct value, held in part by each shard.
+    value = 1 if GROUP == "quantity" else "apple"
+    twin = TwinOrder.objects.values(GROUP).annotate(n=Count("id")).get(**{GROUP: value})
+    assert grouped.get(**{GROUP: value}) == twin
+    distinct = Order.objects.values_list(GROUP, flat=True).distinct()
+    assert distinct.get(**{GROUP: value}) == value
+    # Sums and averages of durations.
+    hour = Value(datetime.timedelta(hours=1), output_field=DurationField())
+    durations = {"sum": Sum(hour), "avg": Avg(hour)}
+    assert Order.objects.aggregate(**durations) == TwinOrder.objects.aggregate(**durations)
+    # Ordered by a text annotation: merged as the engine orders it (MariaDB ignores case).
+    label = Concat("status", Value(""), output_field=CharField())
+    ordered = Order.objects.annotate(label=label).order_by("label", "id")
+    twin = TwinOrder.objects.annotate(label=label).order_by("label", "id")
+    assert list(ordered.values_list("id", "label")) == list(twin.values_list("id", "label"))
+
+
+def test_reference_rows_with_an_auto_id_and_their_cascades_on_every_copy() -> None:
+    # Ids come from the first copy's counter, for create() and bulk_create() alike.
+    Country.objects.bulk_create([Country(name="fr"), Country(name="de")])
+    Country.objects.create(name="it")
+    Country(name="es").save()
+    names = [
+        list(Country.objects.on_shard(alias).order_by("id").values_list("id", "name"))
+        for alias in SHARDS
+    ]
+    assert names[0] == names[1] and [name for _, name in names[0]] == ["fr", "de", "it", "es"]
+    # Deleting a product deletes its reviews on every shard: each counted once.
+    customers()
+    pen = Product.objects.create(id=1, name="pen")
+    Review.objects.bulk_create([Review(id=i, customer_id=i, product=pen) for i in range(1, 7)])
+    both_shards_used()
+    expected = (7, {"shop.Product": 1, "shop.Review": 6})
+    assert Product.objects.filter(id=1).delete() == expected
+    pen = Product.objects.create(id=2, name="ink")
+    Review.objects.bulk_create([Review(id=i, customer_id=i, product=pen) for i in range(1, 7)])
+    assert pen.delete() == expected
+    assert not Review.objects.exists()
 
 
 @pytest.mark.skipif(ENGINES["books"] != "mysql", reason="MariaDB's collation ignores case")

@@ -105,6 +105,8 @@ def _shard_for_write(model: type[models.Model], instance: models.Model | None) -
         return instance._state.db or ANSWERS[model]
     if type(instance) is model:  # Not a related instance's hint (a related manager's add()).
         refuse_key_change(instance)
+    elif shard_key(type(instance)) is None:
+        return None  # A reference row assigned to a relation: the key decides, not it.
     return database_of(instance)
 
 

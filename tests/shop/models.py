@@ -51,6 +51,30 @@ class Product(models.Model):
     objects = ShardedManager()
 
 
+class Country(models.Model):
+    """A reference model with an auto-incremented id: the first copy's counter gives it."""
+
+    name = models.CharField(max_length=50)
+
+    objects = ShardedManager()
+
+
+class Review(models.Model):
+    """Sharded by its customer; deleted with its product, a reference model.
+
+    Soft relations: where the group is not configured (the other tests), it is a
+    model of ``default`` that refers to them.
+    """
+
+    id = models.BigIntegerField(primary_key=True)
+    customer = models.ForeignKey(Customer, models.CASCADE, db_constraint=False)
+    product = models.ForeignKey(
+        Product, models.CASCADE, db_constraint=False, related_name="reviews"
+    )
+
+    objects = ShardedManager()
+
+
 class Visit(models.Model):
     """Sharded by a text key."""
 

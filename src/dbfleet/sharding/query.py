@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.core.exceptions import EmptyResultSet, FieldDoesNotExist
+from django.core.exceptions import EmptyResultSet, FieldDoesNotExist, FieldError
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Avg, Count, F, Func, Max, Min, Sum, signals
@@ -621,10 +621,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         vendor = vendors.of(connection)
         found = {}
         for name, _ in self._order_terms():
-            if name == "pk" or name in self.query.annotations:
-                continue
-            field = self.model._meta.get_field(name)
-            if not isinstance(field, models.CharField | models.TextField):
+            field = self._text_field(name)
+            if field is None:
                 continue
             if vendor.text_sort_key is not None:
                 found[name] = f"_dbfleet_sort_{name}"
@@ -636,6 +634,26 @@ class ShardedQuerySet(models.QuerySet[M]):
                     "another field, give the field db_collation='C', or filter on the key."
                 )
         return found
+
+    def _text_field(self, name: str) -> models.Field[Any, Any] | None:
+        """The text field ``name`` (a field, ``pk``, a foreign key or an annotation) compares as.
+
+        None when it is not text: a foreign key compares as the field it points to.
+        """
+        field: Any
+        if name in self.query.annotations:
+            try:
+                field = self.query.annotations[name].output_field
+            except FieldError:  # Of mixed types: not one the merge may compare as text.
+                return None
+        else:
+            try:
+                field = self.model._meta.pk if name == "pk" else self.model._meta.get_field(name)
+            except FieldDoesNotExist:
+                return None
+        while getattr(field, "is_relation", False) and getattr(field, "target_field", None):
+            field = field.target_field
+        return field if isinstance(field, models.CharField | models.TextField) else None
 
     def _per_shard(
         self, alias: str, streaming: bool = False
@@ -681,11 +699,12 @@ class ShardedQuerySet(models.QuerySet[M]):
         ]
         width = len(names)
         for name, _ in self._order_terms():
-            if name == "pk":
-                name = self.model._meta.pk.attname
             if name in sort_keys:
                 names.append(sort_keys[name])
-            elif name not in names and name not in self.query.annotation_select:
+                continue
+            if name == "pk":
+                name = self.model._meta.pk.attname
+            if name not in names and name not in self.query.annotation_select:
                 names.append(name)
             elif name not in names:
                 raise CrossShardError(
@@ -805,6 +824,12 @@ class ShardedQuerySet(models.QuerySet[M]):
                 f"{self.model._meta.label}: {self.query.combinator}() over several shards would "
                 "combine each shard's rows apart; combine the merged lists in Python, or "
                 "run it on one shard with for_key() or on_shard()."
+            )
+        if self.query.distinct_fields:
+            raise CrossShardError(
+                f"{self.model._meta.label}: distinct(*fields) over several shards would keep a "
+                "row per value on each shard; use values(...).distinct(), or filter on the "
+                "shard key."
             )
         if self.query.select_for_update:
             raise CrossShardError(
@@ -959,11 +984,8 @@ class ShardedQuerySet(models.QuerySet[M]):
         connection = connections[alias]
         vendor = vendors.of(connection)
         for name in names:
-            try:
-                field = self.model._meta.get_field(name)
-            except FieldDoesNotExist:
-                continue
-            if not isinstance(field, models.CharField | models.TextField):
+            field = self._text_field(name)
+            if field is None:
                 continue
             if vendor.text_sort_key is not None or not vendor.sorts_text_by_code_point(
                 connection, field.db_collation
@@ -1007,6 +1029,7 @@ class ShardedQuerySet(models.QuerySet[M]):
         if len(targets) == 1:
             with self._running_on(targets[0]):
                 return models.QuerySet.count(self)
+        self._check_fan_out()
         if self.query.is_sliced:
             return len(self._chain())  # The slice is of the merged rows.
         if self.query.distinct or self._aggregates():
@@ -1021,6 +1044,7 @@ class ShardedQuerySet(models.QuerySet[M]):
         if len(targets) == 1:
             with self._running_on(targets[0]):
                 return models.QuerySet.exists(self)
+        self._check_fan_out()
         if self.query.is_sliced:
             return bool(self._chain()[:1])  # The slice is of the merged rows.
         return any(self._each(models.QuerySet.exists, targets))
@@ -1047,7 +1071,9 @@ class ShardedQuerySet(models.QuerySet[M]):
                     f"get() returned more than one {self.model._meta.object_name} -- it "
                     f"returned {len(rows) if len(rows) < MAX_GET_RESULTS else 'more than 20'}!"
                 )
-        elif clone.query.is_sliced:  # latest(), earliest(), qs[5:6].get(): of the merged rows.
+        elif clone.query.is_sliced or clone.query.distinct or clone._aggregates():
+            # latest(), earliest(), qs[5:6].get(), a group or a distinct value (each shard
+            # may hold a part of it): of the merged rows.
             rows = list(clone)
         else:
             clone._check_fan_out()
@@ -1121,7 +1147,7 @@ class ShardedQuerySet(models.QuerySet[M]):
                 n = sum(answer[count] for answer in answers)
                 if not n:
                     return finish(None)
-                s = sum(values(answers, total))
+                s = _total(values(answers, total))
                 if isinstance(s, Decimal):
                     return finish(s / Decimal(n))
                 return finish(s / n)
@@ -1135,7 +1161,7 @@ class ShardedQuerySet(models.QuerySet[M]):
             of = source.target.name if isinstance(source, Col) else getattr(source, "name", "")
             self._refuse_text(self._group().databases[0], [of], f"{type(aggregate).__name__}()")
         pick: Callable[[list[Any]], Any] = (
-            sum if isinstance(aggregate, Sum) else min if isinstance(aggregate, Min) else max
+            _total if isinstance(aggregate, Sum) else min if isinstance(aggregate, Min) else max
         )
         return lambda answers: finish(pick(found) if (found := values(answers, name)) else None)
 
@@ -1198,13 +1224,12 @@ class ShardedQuerySet(models.QuerySet[M]):
         with self._writing(targets):
             answers = self._each(models.QuerySet.delete, targets)
         if shard_key(self.model) is None and self._pinned() is None:
-            return answers[0]  # Every copy deleted the same rows.
-        total, per_model = 0, dict[str, int]()
-        for count, counts in answers:
-            total += count
+            return _deleted_on_copies(answers)
+        per_model: dict[str, int] = {}
+        for _, counts in answers:
             for label, n in counts.items():
                 per_model[label] = per_model.get(label, 0) + n
-        return total, per_model
+        return sum(per_model.values()), per_model
 
     def create(self, **kwargs: Any) -> M:
         instance = self.model(**kwargs)
@@ -1412,6 +1437,27 @@ def close_fan_out_connections(timeout: float = 10.0) -> None:
     pool.shutdown()
 
 
+def _deleted_on_copies(answers: list[tuple[int, dict[str, int]]]) -> tuple[int, dict[str, int]]:
+    """What deleting reference rows on every copy deleted, as delete() says it.
+
+    Each copy deleted the same rows of the reference models: counted once. Sharded
+    rows the deletion cascaded to are on their shard alone: counted on each.
+    """
+    per_model: dict[str, int] = {}
+    for _, counts in answers:
+        for label, n in counts.items():
+            if shard_key(apps.get_model(label)) is None:
+                per_model[label] = n
+            else:
+                per_model[label] = per_model.get(label, 0) + n
+    return sum(per_model.values()), per_model
+
+
+def _total(values: Sequence[Any]) -> Any:
+    """The sum of ``values`` (at least one): numbers, decimals or durations."""
+    return functools.reduce(operator.add, values)
+
+
 def _unique(rows: Iterable[T]) -> Iterator[T]:
     """``rows`` without repeats (model instances or tuples: a fan-out's rows are hashable)."""
     seen: set[T] = set()
@@ -1492,9 +1538,11 @@ def _writes_every_copy(cls: type[models.Model]) -> None:
         if group is None:
             return save(self, *args, using=using, **kwargs)
         with atomic(*group.databases, two_phase=group.two_phase):
-            # The first copy last: it is the one reads use, and the instance says so.
-            for alias in reversed(group.databases):
+            # The first copy first, as bulk_create() does: a new row's id comes from its
+            # sequence always (the others are given it), so the copies never disagree.
+            for alias in group.databases:
                 save(self, *args, using=alias, **kwargs)
+        self._state.db = group.databases[0]  # The copy reads use.
         return None
 
     @functools.wraps(delete)
@@ -1510,7 +1558,7 @@ def _writes_every_copy(cls: type[models.Model]) -> None:
             for alias in group.databases:
                 self.pk = pk  # Django clears it once the row is deleted.
                 answers.append(delete(self, alias, *args, **kwargs))
-        return answers[0]  # Every copy deleted the same rows.
+        return _deleted_on_copies(answers)
 
     save_copies._fleet_copies = True
     cls.save = save_copies  # type: ignore[method-assign]

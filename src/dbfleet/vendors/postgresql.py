@@ -189,6 +189,14 @@ def _binds_client_side(connection: BaseDatabaseWrapper) -> bool:
     return is_psycopg3 and not connection.settings_dict["OPTIONS"].get("server_side_binding")
 
 
+def _begins(cursor: CursorWrapper) -> bool:
+    """Whether psycopg would open a transaction before the next statement on ``cursor``."""
+    from psycopg import pq
+
+    driver = cursor.cursor.connection
+    return not driver.autocommit and driver.info.transaction_status == pq.TransactionStatus.IDLE
+
+
 def _run_at_once(
     cursors: list[CursorWrapper], queries: list[tuple[str, Sequence[Any]]]
 ) -> list[list[tuple[Any, ...]]]:
@@ -550,14 +558,19 @@ class PostgreSQL(Vendor):
     ) -> list[list[tuple[Any, ...]]] | None:
         """Every statement sent (libpq's asynchronous API), then every answer read as it comes.
 
-        Only with psycopg 3's client-side binding (Django's default). If one
-        database fails, the others' answers are still read before its error is
-        raised; if this is interrupted, the connections still waiting are closed.
+        Only with psycopg 3's client-side binding (Django's default), and not on a
+        connection whose transaction has yet to begin: psycopg sends its ``BEGIN``
+        (with the isolation level) before a statement it runs itself, not before
+        one sent here. If one database fails, the others' answers are still read
+        before its error is raised; if this is interrupted, the connections still
+        waiting are closed.
         """
         if not statements or not _binds_client_side(statements[0][0]):
             return None
         with contextlib.ExitStack() as stack:
             cursors = [stack.enter_context(connection.cursor()) for connection, _, _ in statements]
+            if any(_begins(cursor) for cursor in cursors):
+                return None
             return _run_at_once(cursors, [(sql, params) for _, sql, params in statements])
 
     @staticmethod
