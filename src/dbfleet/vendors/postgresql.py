@@ -613,9 +613,10 @@ def _copy_out(
 def _copy_out_text(
     connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], rows: int
 ) -> Generator[bytes, None, None]:
-    # COPY's text format as the server writes it, never parsed here: what it sends is cut
-    # after a newline (each row ends with one; a newline inside a value is written \n).
-    # DateStyle decides the order of a date's parts: ISO, for this statement.
+    # COPY's text format as the server writes it, never parsed here: libpq hands it out a
+    # row at a time (each ends with a newline; one inside a value is written \n), kept as
+    # the buffers psycopg returns and joined once per block. DateStyle decides the order
+    # of a date's parts: ISO, for this statement.
     with connection.cursor() as cursor:
         cursor.execute("SHOW DateStyle")
         (style,) = cursor.fetchone()
@@ -626,19 +627,14 @@ def _copy_out_text(
                 connection.wrap_database_errors,
                 cursor.cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy,
             ):
-                pending: list[bytes] = []
-                count = 0
-                for block in copy:
-                    data = bytes(block)
-                    count += data.count(b"\n")
-                    pending.append(data)
-                    if count >= rows:
-                        text = b"".join(pending)
-                        end = text.rindex(b"\n") + 1
-                        yield text[:end]
-                        pending, count = [text[end:]], 0
-                if rest := b"".join(pending):
-                    yield rest
+                pending: list[bytes | memoryview] = []
+                for row in copy:
+                    pending.append(row)
+                    if len(pending) >= rows:
+                        yield b"".join(pending)
+                        pending = []
+                if pending:
+                    yield b"".join(pending)
         finally:
             if not style.startswith("ISO") and connection.is_usable():
                 cursor.execute("SET DateStyle = %s", [style])
