@@ -119,6 +119,7 @@ INSTALLED_APPS = [
     "tests.loans",
     "tests.bank",
     "tests.shop",
+    "tests.moving",
     *(["tests.warehouse", "tests.synced"] if "warehouse" in ENGINES else []),
 ]
 SECRET_KEY = "dbfleet-tests"

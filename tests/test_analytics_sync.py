@@ -39,7 +39,6 @@ from dbfleet.analytics.spec import DELETED, VERSION, spec_of
 from dbfleet.analytics.sync import (
     Copy,
     SyncLocked,
-    canonical,
     check,
     ensure_state_table,
     follow,
@@ -52,6 +51,7 @@ from dbfleet.analytics.sync import (
 )
 from dbfleet.reports import fleet_status
 from dbfleet.testing import capture_queries
+from dbfleet.values import canonical
 from dbfleet.vendors.base import CHANGES
 from tests.settings import CONFIGURATION, PREFIX
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy as copying
 import dataclasses
-import datetime
 import hashlib
 import math
 import threading
@@ -38,7 +37,6 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -50,6 +48,7 @@ from dbfleet import vendors
 from dbfleet.analytics import capture
 from dbfleet.analytics.spec import DELETED, VERSION, SyncSpec, spec_of, synced_models
 from dbfleet.conf import fleet_settings
+from dbfleet.values import canonical, row_hash
 from dbfleet.vendors.base import RELOAD
 
 if TYPE_CHECKING:
@@ -754,27 +753,6 @@ class CheckReport:
                     f"({', '.join(difference.range for difference in model.differ)})"
                 )
         return found
-
-
-def canonical(value: Any) -> Any:
-    """``value`` as both sides give it back: times in UTC, decimals without trailing zeros."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, Decimal):
-        return str(value.normalize())
-    if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
-        return value.astimezone(datetime.UTC).replace(tzinfo=None).isoformat()
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, int | float | str) or value is None:
-        return value
-    return str(value)
-
-
-def row_hash(row: Iterable[Any]) -> int:
-    """64 bits of BLAKE2b of ``row``'s canonical values."""
-    digest = hashlib.blake2b(repr(tuple(canonical(v) for v in row)).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big")
 
 
 class _Ranges:

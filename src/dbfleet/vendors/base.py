@@ -337,3 +337,38 @@ class Vendor:
         read through the ORM (``QuerySet.iterator()``), which is the bulk path there.
         """
         return None
+
+    @staticmethod
+    def copy_rows(
+        source: BaseDatabaseWrapper,
+        sql: str,
+        params: Sequence[Any],
+        target: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+    ) -> int | None:
+        """The rows of ``sql`` on ``source`` into ``columns`` of ``table`` on ``target``, as is.
+
+        The engine's own format between two of its databases whose columns have
+        the same types, never made into Python values; the rows written. None:
+        no such path here (the caller reads the rows and writes them).
+        """
+        return None
+
+    @staticmethod
+    def write_rows(
+        connection: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """Insert ``rows`` (values prepared for ``connection``) into ``columns`` of ``table``.
+
+        An ``executemany`` of one ``INSERT`` (mysqlclient makes it one multi-row
+        statement; SQLite runs it in a loop in C).
+        """
+        quote = connection.ops.quote_name
+        names = ", ".join(quote(column) for column in columns)
+        marks = ", ".join(["%s"] * len(columns))
+        with connection.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})", rows)

@@ -580,6 +580,64 @@ class PostgreSQL(Vendor):
         return _copy_out(connection, sql, params, size)
 
     @staticmethod
+    def copy_rows(
+        source: BaseDatabaseWrapper,
+        sql: str,
+        params: Sequence[Any],
+        target: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+    ) -> int | None:
+        # Binary COPY out of one and into the other: the server's own bytes, when each
+        # column has the same type on both (binary values are only read back as the
+        # type they were written as).
+        if target.vendor != "postgresql" or not _binds_client_side(source):
+            return None
+        quote = target.ops.quote_name
+        names = ", ".join(quote(column) for column in columns)
+        with source.cursor() as reading, target.cursor() as writing:
+            reading.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)
+            writing.execute(f"SELECT {names} FROM {quote(table)} LIMIT 0")
+            if [c.type_code for c in reading.description] != [
+                c.type_code for c in writing.description
+            ]:
+                return None
+            with (
+                source.wrap_database_errors,
+                target.wrap_database_errors,
+                reading.cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as out,
+                writing.cursor.copy(
+                    f"COPY {quote(table)} ({names}) FROM STDIN (FORMAT BINARY)"
+                ) as into,
+            ):
+                for block in out:
+                    into.write(block)
+            written: int = writing.cursor.rowcount
+        return written
+
+    @staticmethod
+    def write_rows(
+        connection: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        # COPY FROM STDIN, each value adapted by psycopg as a query parameter would be.
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+        if not is_psycopg3:
+            return Vendor.write_rows(connection, table, columns, rows)
+        quote = connection.ops.quote_name
+        names = ", ".join(quote(column) for column in columns)
+        with (
+            connection.cursor() as cursor,
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    @staticmethod
     def copy_out_text(
         connection: BaseDatabaseWrapper, sql: str, params: Sequence[Any], rows: int
     ) -> Generator[bytes, None, None] | None:

@@ -10,18 +10,27 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from dbfleet.management.fleet import migrate, plan, recover, routes, shards, status, sync
+from dbfleet.management.fleet import (
+    copy,
+    migrate,
+    plan,
+    recover,
+    routes,
+    shards,
+    status,
+    sync,
+)
 from dbfleet.management.fleet.output import Out, add_django_options
 
 SUBCOMMANDS = {
-    module.NAME: module for module in (routes, migrate, plan, status, recover, shards, sync)
+    module.NAME: module for module in (routes, migrate, plan, status, recover, shards, sync, copy)
 }
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover, shards, sync."
+        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.

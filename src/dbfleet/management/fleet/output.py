@@ -101,6 +101,14 @@ class Out:
         self.write(to_json(report))
 
 
+def positive(text: str) -> int:
+    """An option's whole number of at least 1 (argparse says so otherwise)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def add_verbosity_option(parser: CommandParser) -> None:
     """Accept ``-v N`` after the subcommand too, as ``migrate -v 0`` does."""
     parser.add_argument(

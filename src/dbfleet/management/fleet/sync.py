@@ -22,7 +22,13 @@ from dbfleet.analytics.sync import (
     follow,
     sync,
 )
-from dbfleet.management.fleet.output import Out, add_format_option, add_verbosity_option, grid
+from dbfleet.management.fleet.output import (
+    Out,
+    add_format_option,
+    add_verbosity_option,
+    grid,
+    positive,
+)
 
 NAME = "sync"
 HELP = "Copy synced models to ClickHouse: what changed, or everything; --check compares."
@@ -36,13 +42,6 @@ DESCRIPTION = (
     "copy with its source's, by counts and checksums per key range, names the ranges "
     "that differ and exits 1 if any do."
 )
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
 
 
 def seconds(text: str) -> float:

@@ -1,0 +1,1 @@
+"""Moving rows between databases: ``fleet copy`` (``copy``) and ``fleet verify`` (``verify``)."""

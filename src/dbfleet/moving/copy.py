@@ -1,0 +1,369 @@
+"""``fleet copy``: models' rows from one database into another, in key order, resumable.
+
+The models are copied in an order where a row's foreign keys point to rows copied
+before it (or already on the target), each a batch at a time: the source is read
+by primary-key range (``pk > last`` and ``pk <= the batch's last key``: an index
+range each time, no cursor held open, never the whole table in memory), and each
+batch is written to the target in one transaction with the model's checkpoint (the
+last key copied, in ``dbfleet_copy_checkpoint`` on the target). A batch is on the
+target with its checkpoint or not at all, so a copy killed at any moment and run
+again with ``resume=True`` goes on after the last batch that committed: no row
+twice, none skipped.
+
+Rows are written as they are: no ``save()``, no signals. PostgreSQL to PostgreSQL
+by binary COPY when the columns have the same types; else read through the ORM and
+written by the target's bulk path (COPY FROM on PostgreSQL, a multi-row INSERT on
+MariaDB/MySQL, executemany on SQLite). Constraint checks are off during the copy
+where the engine allows it (MariaDB/MySQL, SQLite), and the copied tables checked
+at the end; on PostgreSQL, which checks each transaction at its commit, a model
+whose rows may point to rows of a later batch (to its own table, or round a cycle)
+is copied in one transaction. The target's sequences are then set past the
+copied ids.
+
+The copy is of what the source holds while it runs: rows written to the source
+meanwhile may or may not be copied. Stop writes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.core.management.base import CommandError
+from django.core.management.color import no_style
+from django.db import connections, models, router, transaction
+from django.db.models import Max
+
+from dbfleet import vendors
+from dbfleet.conf import get_topology
+
+#: Rows read and written at a time, unless told otherwise.
+DEFAULT_BATCH_SIZE = 10_000
+#: The table, on the target, of each model's last key copied from each source.
+CHECKPOINTS = "dbfleet_copy_checkpoint"
+
+Model = type[models.Model]
+
+
+@dataclass
+class ModelCopy:
+    """One model's copy: where from, how, and how far."""
+
+    model: str
+    source: str
+    target: str
+    #: Rows the source had when the copy began (those before a resumed copy's checkpoint too).
+    total: int = 0
+    #: Rows this run wrote.
+    rows: int = 0
+    #: Rows copied before this run (a resumed copy), after the key ``resumed_after``.
+    before: int = 0
+    resumed_after: str | None = None
+    #: How the rows went: "binary COPY", or "rows" (read through the ORM, bulk-written).
+    method: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class CopyReport:
+    target: str
+    models: list[ModelCopy] = field(default_factory=list)
+    #: Tables whose sequence or auto-increment counter was set past the copied ids.
+    sequences: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[ModelCopy], None]
+
+
+def _no_progress(copy: ModelCopy) -> None:
+    pass
+
+
+def chosen(labels: Sequence[str]) -> list[Model]:
+    """The models ``labels`` name (``app_label`` or ``app_label.ModelName``), with their
+    auto-created many-to-many tables; CommandError for a name that is not one."""
+    found: dict[Model, None] = {}
+    for label in labels:
+        try:
+            named = (
+                [apps.get_model(label)]
+                if "." in label
+                else list(apps.get_app_config(label).get_models())
+            )
+        except (LookupError, ValueError):
+            raise CommandError(
+                f"{label!r} is neither an installed app nor a model (app_label.ModelName)."
+            ) from None
+        for model in named:
+            meta = model._meta
+            if meta.proxy or not meta.managed or meta.swapped:
+                if "." in label:
+                    raise CommandError(
+                        f"{meta.label} has no table of its own (proxy, unmanaged or "
+                        "swapped): copy the model that has it."
+                    )
+                continue
+            found[model] = None
+            for many in meta.local_many_to_many:
+                through: Any = many.remote_field.through
+                if through._meta.auto_created:
+                    found[through] = None
+    return list(found)
+
+
+def relations(model: Model) -> list[tuple[models.Field[Any, Any], Model]]:
+    """``model``'s foreign keys (one-to-one included) and the models they point to."""
+    return [
+        (field, field.related_model)
+        for field in model._meta.local_concrete_fields
+        if field.is_relation and isinstance(field.related_model, type)
+    ]
+
+
+def in_dependency_order(chosen: Sequence[Model]) -> list[Model]:
+    """``chosen``, each after the models its foreign keys point to (cycles: as given)."""
+    among, ordered, done = set(chosen), list[Model](), set[Model]()
+
+    def visit(model: Model, path: frozenset[Model]) -> None:
+        if model in done or model in path:
+            return
+        for _, related in relations(model):
+            if related in among and related is not model:
+                visit(related, path | {model})
+        done.add(model)
+        ordered.append(model)
+
+    for model in chosen:
+        visit(model, frozenset())
+    return ordered
+
+
+def _refusals(chosen: Sequence[Model], sources: dict[Model, str], to: str) -> list[str]:
+    """What stops the copy before it writes anything, one line each."""
+    problems = []
+    target = connections[to]
+    if not target.features.supports_transactions:
+        problems.append(
+            f"{to!r} has no transactions, and fleet copy commits each batch with its "
+            "checkpoint: copy to ClickHouse with a synced model (fleet sync) instead."
+        )
+        return problems
+    topology = get_topology()
+    tables = set(target.introspection.table_names())
+    for model in chosen:
+        label, source = model._meta.label, sources[model]
+        if topology.shard_group_for(model) is not None:
+            problems.append(
+                f"{label} is in a shard group: its rows are on every database of the "
+                "group, which fleet copy does not move."
+            )
+        if source == to:
+            problems.append(f"{label}: its source is {to!r} already; name another with --from.")
+        if model._meta.db_table not in tables:
+            problems.append(
+                f"{label}: its table {model._meta.db_table!r} is missing on {to!r}. Route it "
+                f"there, then `manage.py fleet status` gives the commands that create it."
+            )
+        for relation, related in relations(model):
+            if related in sources or not getattr(relation, "db_constraint", True):
+                continue
+            where = router.db_for_write(related)
+            if where != to:
+                problems.append(
+                    f"{label}.{relation.name} refers to {related._meta.label}, which is on "
+                    f"{where!r} and not copied: copy it too, or make the relation soft "
+                    "(db_constraint=False)."
+                )
+    return problems
+
+
+def ensure_checkpoints(alias: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (model VARCHAR(200) NOT NULL, "
+            "source VARCHAR(200) NOT NULL, last_key VARCHAR(200) NOT NULL, "
+            "copied BIGINT NOT NULL, PRIMARY KEY (model, source))"
+        )
+
+
+def read_checkpoint(alias: str, model: Model, source: str) -> tuple[str, int] | None:
+    """(the last key copied, as text; rows copied) of ``model`` from ``source``, if any."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT last_key, copied FROM {CHECKPOINTS} WHERE model = %s AND source = %s",
+            [model._meta.label, source],
+        )
+        row = cursor.fetchone()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def _save_checkpoint(alias: str, model: Model, source: str, key: Any, copied: int) -> None:
+    with connections[alias].cursor() as cursor:
+        params: list[Any] = [str(key), copied, model._meta.label, source]
+        cursor.execute(
+            f"UPDATE {CHECKPOINTS} SET last_key = %s, copied = %s WHERE model = %s AND source = %s",
+            params,
+        )
+        if cursor.rowcount == 0:
+            cursor.execute(
+                f"INSERT INTO {CHECKPOINTS} (last_key, copied, model, source) "
+                "VALUES (%s, %s, %s, %s)",
+                params,
+            )
+
+
+def _forget(alias: str, model: Model, source: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {CHECKPOINTS} WHERE model = %s AND source = %s",
+            [model._meta.label, source],
+        )
+
+
+def copy_models(
+    labels: Sequence[str],
+    to: str,
+    source: str | None = None,
+    *,
+    resume: bool = False,
+    replace: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress = _no_progress,
+) -> CopyReport:
+    """Copy the models ``labels`` name to ``to``, each from ``source`` or where it is routed.
+
+    Refused (CommandError, before anything is written): a model the target cannot
+    hold or whose foreign keys would point into another database; a target that
+    has rows already, unless ``resume`` (go on after the checkpoint of an earlier
+    copy) or ``replace`` (delete them first).
+    """
+    if resume and replace:
+        raise CommandError("--resume goes on with the rows there, --replace deletes them: one.")
+    if batch_size < 1:
+        raise CommandError("--batch-size must be at least 1.")
+    picked = chosen(labels)
+    sources = {model: source or router.db_for_write(model) for model in picked}
+    if problems := _refusals(picked, sources, to):
+        raise CommandError("Nothing was copied:\n  " + "\n  ".join(problems))
+    ordered = in_dependency_order(picked)
+    ensure_checkpoints(to)
+    occupied, unknown = [], []
+    for model in ordered:
+        label, there = model._meta.label, model._base_manager.using(to)
+        if not replace and there.exists():
+            checkpoint = read_checkpoint(to, model, sources[model])
+            if not resume:
+                occupied.append(f"{label} ({there.count():,} rows)")
+            elif checkpoint is None:
+                unknown.append(label)
+    if occupied:
+        raise CommandError(
+            f"Nothing was copied: {to!r} has rows of {', '.join(occupied)} already. "
+            "--resume goes on after the last key an earlier fleet copy committed; "
+            "--replace deletes them first."
+        )
+    if unknown:
+        raise CommandError(
+            f"Nothing was copied: the rows of {', '.join(unknown)} on {to!r} were not "
+            "copied there by fleet copy from this source (it has no checkpoint), so "
+            "--resume cannot know where to go on; --replace deletes them first."
+        )
+    target = connections[to]
+    report = CopyReport(to)
+    # Off for the session where the engine allows it (MariaDB/MySQL, SQLite), checked at the
+    # end; PostgreSQL checks each transaction's rows at its commit.
+    disabled = target.disable_constraint_checking()
+    try:
+        if replace:
+            with transaction.atomic(using=to):
+                for model in reversed(ordered):
+                    model._base_manager.using(to).all()._raw_delete(to)
+                    _forget(to, model, sources[model])
+        for index, model in enumerate(ordered):
+            # Rows that may point to rows of a later batch: in one transaction, where each
+            # transaction must hold what its rows point to.
+            whole = not disabled and any(
+                related is model or related in ordered[index + 1 :]
+                for relation, related in relations(model)
+                if getattr(relation, "db_constraint", True)
+            )
+            report.models.append(
+                _copy_model(model, sources[model], to, batch_size, progress, whole)
+            )
+    finally:
+        if disabled:
+            target.enable_constraint_checking()
+    with transaction.atomic(using=to), target.cursor() as cursor:
+        target.check_constraints(table_names=[model._meta.db_table for model in ordered])
+        for model in ordered:
+            # Only where the engine counts apart from the rows (PostgreSQL's sequences).
+            for sql in (statements := target.ops.sequence_reset_sql(no_style(), [model])):
+                cursor.execute(sql)
+            if statements:
+                report.sequences.append(model._meta.db_table)
+    return report
+
+
+def _copy_model(
+    model: Model, source: str, to: str, batch_size: int, progress: Progress, whole: bool
+) -> ModelCopy:
+    """Copy ``model`` a batch at a time; ``whole``: every batch in one transaction."""
+    with transaction.atomic(using=to) if whole else contextlib.nullcontext():
+        return _copy_batches(model, source, to, batch_size, progress)
+
+
+def _copy_batches(
+    model: Model, source: str, to: str, batch_size: int, progress: Progress
+) -> ModelCopy:
+    started = time.perf_counter()
+    meta = model._meta
+    fields = list(meta.local_concrete_fields)
+    attnames = [field.attname for field in fields]
+    columns = [str(field.column) for field in fields]
+    everything = model._base_manager.using(source).order_by("pk")
+    result = ModelCopy(meta.label, source, to, total=everything.count())
+    checkpoint = read_checkpoint(to, model, source)
+    last: Any = None
+    if checkpoint is not None:
+        result.resumed_after, result.before = checkpoint
+        last = meta.pk.to_python(checkpoint[0])
+    progress(result)
+    reading, target = connections[source], connections[to]
+    vendor = vendors.of(reading)
+    binary: bool | None = None  # Unknown until the first batch asks.
+    while True:
+        after = everything if last is None else everything.filter(pk__gt=last)
+        bound = list(after.values_list("pk", flat=True)[batch_size - 1 : batch_size])
+        high = bound[0] if bound else after.aggregate(high=Max("pk"))["high"]
+        if high is None:
+            break
+        rows = after.filter(pk__lte=high).values_list(*attnames)
+        with transaction.atomic(using=to):
+            written = None
+            if binary is not False:
+                sql, params = rows.query.get_compiler(source).as_sql()
+                written = vendor.copy_rows(reading, sql, params, target, meta.db_table, columns)
+                binary = written is not None
+            if written is None:
+                prepared = [
+                    [
+                        field.get_db_prep_save(value, connection=target)
+                        for field, value in zip(fields, row, strict=True)
+                    ]
+                    for row in rows
+                ]
+                vendors.of(target).write_rows(target, meta.db_table, columns, prepared)
+                written = len(prepared)
+            result.rows += written
+            _save_checkpoint(to, model, source, high, result.before + result.rows)
+        last = high
+        progress(result)
+        if not bound:
+            break
+    result.method = "binary COPY" if binary else "rows"
+    result.seconds = time.perf_counter() - started
+    return result

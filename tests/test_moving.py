@@ -1,0 +1,247 @@
+"""``fleet copy``: every engine pair of the configuration, refusals, a resume after SIGKILL.
+
+``tests.moving``'s models are migrated on ``default``; their tables are made on
+``books`` and ``loans`` here. Each ordered pair of the three aliases is a copy
+between engines of the configuration (all six on one engine in the sqlite,
+postgres and mysql configurations; PostgreSQL, MariaDB and SQLite in mixed).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections, models
+
+from dbfleet.moving.copy import CHECKPOINTS, copy_models, read_checkpoint
+from dbfleet.values import canonical
+from tests.moving.models import Item, Maker, Tag
+from tests.settings import ENGINES
+
+ROOT = Path(__file__).resolve().parent.parent
+ALIASES = ("default", "books", "loans")
+PAIRS = list(itertools.permutations(ALIASES, 2))
+Through = Item.tags.through
+MODELS: tuple[type[models.Model], ...] = (Maker, Tag, Item, Through)
+#: Seconds a child process gets before the test fails.
+DEADLINE = 60
+pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
+
+
+@pytest.fixture(scope="module")
+def tables(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    with django_db_blocker.unblock():
+        for alias in ALIASES[1:]:
+            with connections[alias].schema_editor() as editor:
+                for model in (Maker, Tag, Item):
+                    editor.create_model(model)
+        yield
+        for alias in ALIASES[1:]:
+            with connections[alias].schema_editor() as editor:
+                for model in (Item, Tag, Maker):
+                    editor.delete_model(model)
+
+
+@pytest.fixture(autouse=True)
+def empty(tables: None) -> Iterator[None]:
+    yield
+    for alias in ALIASES:
+        with connections[alias].constraint_checks_disabled():  # Items refer to items.
+            for model in reversed(MODELS):
+                model._base_manager.using(alias).all()._raw_delete(alias)
+        with connections[alias].cursor() as cursor:
+            if CHECKPOINTS in connections[alias].introspection.table_names(cursor):
+                cursor.execute(f"DELETE FROM {CHECKPOINTS}")
+
+
+NAMES = ["tab\there", "new\nline", "back\\slash", "\\N", "", "été 東京 🎉", "'quoted' %s"]
+
+
+def fill(alias: str, items: int = 40) -> None:
+    """Makers, tags and items of every kind of value on ``alias``, some items tagged."""
+    makers = Maker.objects.using(alias).bulk_create(Maker(name=f"m{i}") for i in range(3))
+    tags = Tag.objects.using(alias).bulk_create(Tag(label=f"t{i}") for i in range(4))
+    moment = datetime.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=datetime.UTC)
+    made = Item.objects.using(alias).bulk_create(
+        Item(
+            maker=makers[i % 3],
+            name=NAMES[i % len(NAMES)] + str(i),
+            price=Decimal(f"{(-1) ** i * i}.{i % 100:02d}"),
+            made=None if i % 4 == 0 else moment + datetime.timedelta(days=i, microseconds=i),
+            day=None if i % 5 == 0 else datetime.date(1900 + 7 * i % 400, 1 + i % 12, 1 + i % 28),
+            token=None if i % 6 == 0 else uuid.UUID(int=2**128 - 1 - i),
+            ready=bool(i % 2),
+            ratio=(1e-300, -0.5, 1 / 3, None, 2.0**52)[i % 5],
+            data=({"b": [1, "x"], "a": None}, [], None, {"n": i})[i % 4],
+            note="n" * (i % 3) * 100,
+        )
+        for i in range(items)
+    )
+    for i, item in enumerate(made):
+        # Parents before and after their children: a batch may come before its rows' parents.
+        item.parent = made[(i + 7) % items] if i % 3 == 0 else None
+        if i % 2:
+            item.tags.set(tags[: 1 + i % 4])
+    Item.objects.using(alias).bulk_update(made, ["parent"])
+
+
+def rows(alias: str, model: type[models.Model]) -> list[tuple[Any, ...]]:
+    names = [field.attname for field in model._meta.local_concrete_fields]
+    values = model._base_manager.using(alias).order_by("pk").values_list(*names)
+    return [tuple(canonical(value) for value in row) for row in values]
+
+
+def assert_same(source: str, target: str) -> None:
+    for model in MODELS:
+        expected = rows(source, model)
+        assert expected, model
+        assert rows(target, model) == expected, model._meta.label
+
+
+def copy(*args: str) -> str:
+    stdout = StringIO()
+    call_command("fleet", "copy", *args, stdout=stdout, stderr=StringIO())
+    return stdout.getvalue()
+
+
+@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_a_copy_between_two_databases_is_exact(source: str, target: str) -> None:
+    fill(source)
+    output = copy("moving", "--from", source, "--to", target, "--batch-size", "7")
+    assert_same(source, target)
+    assert "moving.Item" in output and "no save(), no signals" in output
+    binary = ENGINES[source] == ENGINES[target] == "postgres"
+    assert ("binary COPY" in output) == binary
+    # Past the copied ids: the target's next ids do not collide.
+    created = Maker.objects.using(target).create(name="after")
+    assert created.pk > max(key for key, _ in rows(source, Maker))
+    checkpoint = read_checkpoint(target, Item, source)
+    assert checkpoint is not None and checkpoint[1] == 40
+
+
+def test_a_target_with_rows_is_refused_unless_resume_or_replace() -> None:
+    fill("default")
+    copy("moving", "--from", "default", "--to", "books")
+    with pytest.raises(CommandError, match=r"has rows of .*moving.Maker \(3 rows\).*--resume"):
+        copy("moving", "--from", "default", "--to", "books")
+    # Resumed after the end: the rows added since (by key) are copied, nothing twice.
+    Maker.objects.using("default").create(name="later")
+    report = copy_models(["moving"], "books", "default", resume=True)
+    assert {copy.model: copy.rows for copy in report.models}["moving.Maker"] == 1
+    assert_same("default", "books")
+    # Replaced: emptied first, copied whole.
+    Maker.objects.using("books").filter(name="later").update(name="changed there")
+    report = copy_models(["moving"], "books", "default", replace=True)
+    assert {copy.model: copy.rows for copy in report.models}["moving.Maker"] == 4
+    assert_same("default", "books")
+    # Rows that fleet copy did not put there: no checkpoint to go on from.
+    Tag.objects.using("loans").create(label="mine")
+    with pytest.raises(CommandError, match="no checkpoint"):
+        copy("moving.Tag", "--from", "default", "--to", "loans", "--resume")
+    assert rows("loans", Tag) == [(Tag.objects.using("loans").get().pk, "mine")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["moving.Item", "--to", "books"], "moving.Item.maker refers to moving.Maker"),
+        (["nope", "--to", "books"], "neither an installed app nor a model"),
+        (["moving.Nope", "--to", "books"], "neither an installed app nor a model"),
+        (["moving", "--to", "default"], "its source is 'default' already"),
+        (["shop.TwinOrder", "--to", "books"], "missing on 'books'"),
+        (["moving", "--to", "books", "--resume", "--replace"], "not allowed with argument"),
+        (["moving", "--to", "books", "--batch-size", "0"], "invalid positive value"),
+    ],
+)
+def test_what_fleet_copy_refuses_before_writing_anything(args: list[str], message: str) -> None:
+    fill("default", items=5)
+    with pytest.raises(CommandError, match=message):
+        copy(*args)
+    assert not Maker.objects.using("books").exists()
+
+
+def test_json_reports_each_model() -> None:
+    fill("default", items=5)
+    report = json.loads(copy("moving", "--to", "loans", "--format", "json"))
+    copied = {model["model"]: model["rows"] for model in report["models"]}
+    assert copied == {
+        "moving.Maker": 3,
+        "moving.Tag": 4,
+        "moving.Item": 5,
+        "moving.Item_tags": len(rows("default", Through)),
+    }
+    assert report["target"] == "loans"
+
+
+# --- Killed half-way ------------------------------------------------------------------------
+
+
+def child_copy(*args: str) -> subprocess.Popen[str]:
+    """``fleet copy`` in a process of its own, on this test run's databases."""
+    databases = {alias: connections[alias].settings_dict for alias in ALIASES}
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "fleet", "copy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.moving.child_settings",
+            "DBFLEET_CHILD_DATABASES": json.dumps(databases, default=str),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+
+
+@pytest.mark.skipif(
+    "sqlite" in (ENGINES["default"], ENGINES["books"]),
+    reason="an in-memory test database cannot be shared with another process",
+)
+@pytest.mark.timeout(6 * DEADLINE)
+def test_a_copy_killed_at_random_moments_resumes_with_no_row_twice_and_none_missed() -> None:
+    fill("default", items=3000)
+    arguments = ["moving", "--from", "default", "--to", "books", "--batch-size", "50", "-v", "2"]
+    chance = random.Random(os.environ.get("PYTEST_XDIST_WORKER", "") + str(time.time()))
+    kills = 0
+    for attempt in range(20):
+        child = child_copy(*arguments, *(["--resume"] if attempt else []))
+        assert child.stdout is not None
+        timer = threading.Timer(DEADLINE, child.kill)
+        timer.start()
+        try:
+            first = child.stdout.readline()  # The first batch is on its way.
+            if "rows" in first and kills < 3:
+                time.sleep(chance.uniform(0, 0.5))
+                child.send_signal(signal.SIGKILL)
+            output = first + child.stdout.read()
+            child.wait(DEADLINE)
+        finally:
+            timer.cancel()
+        if child.returncode == -signal.SIGKILL:
+            kills += 1
+            continue
+        assert child.returncode == 0, output
+        break
+    assert kills >= 1
+    assert_same("default", "books")
+    item = read_checkpoint("books", Item, "default")
+    assert item is not None and item[1] == 3000
