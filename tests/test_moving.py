@@ -190,6 +190,79 @@ def test_json_reports_each_model() -> None:
     assert report["target"] == "loans"
 
 
+# --- fleet verify ---------------------------------------------------------------------------
+
+
+def verify(*args: str) -> str:
+    stdout = StringIO()
+    call_command("fleet", "verify", *args, stdout=stdout, stderr=StringIO())
+    return stdout.getvalue()
+
+
+@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_verify_finds_each_missing_extra_and_different_row_exactly(
+    source: str, target: str
+) -> None:
+    fill(source)
+    copy("moving", "--from", source, "--to", target)
+    output = verify("moving", "--between", source, target)
+    assert output.count(": the same") == len(MODELS), output
+    keys = list(Item.objects.using(source).order_by("pk").values_list("pk", flat=True))
+    # Item 2 has no tags and no children: deleting it changes no other row.
+    Item.objects.using(target).filter(pk=keys[2]).delete()
+    extra = Maker.objects.using(target).create(name="only there")
+    # What the normal form must not hide: a trailing space (equal under MariaDB's
+    # collation), a microsecond.
+    spaced = Item.objects.using(target).get(pk=keys[5])
+    Item.objects.using(target).filter(pk=keys[5]).update(name=spaced.name + " ")
+    moved = Item.objects.using(target).get(pk=keys[9])
+    assert moved.made is not None
+    later = moved.made + datetime.timedelta(microseconds=1)
+    Item.objects.using(target).filter(pk=keys[9]).update(made=later)
+    # ... and what it must: the same instant at another offset, a decimal's scale.
+    Item.objects.using(target).filter(pk=keys[13]).update(
+        made=Item.objects.using(source)
+        .get(pk=keys[13])
+        .made.astimezone(  # type: ignore[union-attr]
+            datetime.timezone(datetime.timedelta(hours=-5))
+        ),
+        price=Decimal(str(Item.objects.using(source).get(pk=keys[13]).price) + "0"),
+    )
+    stdout = StringIO()
+    with pytest.raises(CommandError, match="moving.Maker, moving.Item differ") as raised:
+        call_command(
+            "fleet",
+            "verify",
+            "moving",
+            "--between",
+            source,
+            target,
+            "--format",
+            "json",
+            stdout=stdout,
+        )
+    assert raised.value.returncode == 1
+    found = {model["model"]: model for model in json.loads(stdout.getvalue())["models"]}
+    item, maker = found["moving.Item"], found["moving.Maker"]
+    assert (item["missing"], item["extra"], item["missing_count"]) == ([keys[2]], [], 1)
+    assert [(row["key"], row["columns"]) for row in item["different"]] == [
+        (keys[5], ["name"]),
+        (keys[9], ["made"]),
+    ]
+    assert item["different"][0]["second"] == [spaced.name + " "]
+    assert (maker["extra"], maker["missing"], maker["different"]) == ([extra.pk], [], [])
+    assert found["moving.Tag"]["different_count"] == 0
+    text = StringIO()
+    with pytest.raises(CommandError):
+        call_command("fleet", "verify", "moving.Item", "--between", source, target, stdout=text)
+    assert f"missing from {target}: {keys[2]}" in text.getvalue()
+
+
+def test_verify_refuses_one_database_twice() -> None:
+    with pytest.raises(CommandError, match="names 'books' twice"):
+        verify("moving", "--between", "books", "books")
+
+
 # --- Killed half-way ------------------------------------------------------------------------
 
 

@@ -19,18 +19,20 @@ from dbfleet.management.fleet import (
     shards,
     status,
     sync,
+    verify,
 )
 from dbfleet.management.fleet.output import Out, add_django_options
 
 SUBCOMMANDS = {
-    module.NAME: module for module in (routes, migrate, plan, status, recover, shards, sync, copy)
+    module.NAME: module
+    for module in (routes, migrate, plan, status, recover, shards, sync, copy, verify)
 }
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy."
+        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy, verify."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.
