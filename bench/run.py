@@ -32,6 +32,7 @@ BENCHMARKS = {
     "sharding": "bench.sharding",
     "fleet_ids": "bench.fleet_ids",
     "analytics": "bench.analytics",
+    "moving": "bench.moving",
 }
 
 

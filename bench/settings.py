@@ -7,6 +7,7 @@ The benchmarks install their own ``DATABASE_ROUTERS`` and ``DBFLEET`` (with
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 import dj_database_url
@@ -68,6 +69,26 @@ DATABASES.update(
         for alias, again in zip(SHARD_ALIASES, SHARD_ALIASES_AGE_0, strict=True)
     }
 )
+#: The moving benchmark's databases: PostgreSQL source and target, MariaDB and SQLite targets.
+MYSQL_URL = os.environ.get(
+    "DBFLEET_BENCH_MYSQL_URL",
+    os.environ.get("DBFLEET_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306"),
+)
+MOVE_ALIASES = ("move_a", "move_b")
+DATABASES.update(
+    {
+        alias: dict(dj_database_url.parse(f"{POSTGRES_URL}/dbfleet_bench_{alias}"))
+        for alias in MOVE_ALIASES
+    }
+)
+DATABASES["move_mariadb"] = {
+    **dj_database_url.parse(f"{MYSQL_URL}/dbfleet_bench_move"),
+    "OPTIONS": {"charset": "utf8mb4"},
+}
+DATABASES["move_sqlite"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": os.path.join(tempfile.gettempdir(), "dbfleet_bench_move.sqlite3"),
+}
 DATABASE_ROUTERS: list[str] = []
 INSTALLED_APPS = ["dbfleet", "bench.bookshop", "bench.manymodels", "bench.shardshop"]
 SECRET_KEY = "dbfleet-bench"

@@ -200,12 +200,14 @@ def test_a_model_moved_to_another_database_keeps_its_rows(project: Project) -> N
     assert code == ExitCode.DRIFT
     (rows,) = findings(report, database="books")
     assert (rows["kind"], rows["table"], rows["rows"]) == (Drift.ROWS_ELSEWHERE, "bank_vault", 2)
+    copy = "manage.py fleet copy bank.Vault --from books --to loans"
+    verify = "manage.py fleet verify bank.Vault --between books loans"
     assert rows["problem"] == (
         "table `bank_vault` holds 2 rows of bank.Vault, but bank.Vault now lives in 'loans' "
         '(ROUTES["bank.Vault"]), where its table is missing. These rows must be moved to '
-        "'loans' (by hand today; `fleet move` is planned), or ROUTES changed to send bank.Vault "
-        "to 'books'; until then bank.Vault does not see them. Keep this table until they are "
-        "moved."
+        f"'loans' (once its table is made there, with `{copy}`, then compared with "
+        f"`{verify}`; stop writes first), or ROUTES changed to send bank.Vault to 'books'; "
+        "until then bank.Vault does not see them. Keep this table until they are moved."
     )
     (missing,) = findings(report, database="loans")
     assert missing["kind"] == Drift.MISSING_TABLE
@@ -225,10 +227,16 @@ def test_a_model_moved_to_another_database_keeps_its_rows(project: Project) -> N
     assert code == ExitCode.DRIFT and report["fixes"] == []
     (rows,) = report["audit"]
     assert "where its table holds 0 rows" in rows["problem"]
-    # Moved by hand, as the report says; then all is in order.
-    project.sql(
-        "loans", "INSERT INTO bank_vault (name, balance) VALUES ('north', 10), ('south', 20)"
-    )
+    assert f"with `{copy}`, then compared with `{verify}`" in rows["problem"]
+    # Copied and compared as the report says, the old table dropped; then all is in order.
+    for command in (copy, verify):
+        result = project.run(*shlex.split(command)[1:])
+        assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
+    assert "bank.Vault: 2 rows on books, 2 on loans: the same" in result.stdout
+    assert project.sql("loans", "SELECT name, balance FROM bank_vault ORDER BY name") == [
+        ("north", 10),
+        ("south", 20),
+    ]
     project.sql("books", "DROP TABLE bank_vault")
     code, report, text = project.status()
     assert code == ExitCode.OK, text

@@ -553,10 +553,18 @@ def audit_one(
                     migration=f"{creator[0]}.{creator[1]}" if creator else None,
                 )
             )
-    for table, model in sorted(current_tables(alias, here=False).items()):
+    elsewhere = sorted(current_tables(alias, here=False).items())
+    # The models whose rows are here and should be in each other database: copied together,
+    # so that their foreign keys find what they point to.
+    stranded: dict[str, list[str]] = {}
+    for table, model in elsewhere:
+        if leftovers.get(table, {}).get(alias) and not model._meta.auto_created:
+            home = get_topology().database_for_model(model)
+            stranded.setdefault(home, []).append(model._meta.label)
+    for table, model in elsewhere:
         rows = leftovers.get(table, {}).get(alias)
         if rows is not None:
-            found.append(leftover(database, table, model, rows, by_alias, unreachable))
+            found.append(leftover(database, table, model, rows, by_alias, unreachable, stranded))
     result.findings += found
     fix = missing_tables_fix(database, missing) if missing else None
     if fix is not None:
@@ -697,6 +705,7 @@ def leftover(
     rows: int,
     by_alias: dict[str, Database],
     unreachable: set[str],
+    stranded: dict[str, list[str]],
 ) -> Discrepancy:
     label = model._meta.label
     home = get_topology().database_for_model(model)
@@ -712,19 +721,28 @@ def leftover(
             rows=0,
         )
     there = by_alias.get(home)
+    labels = " ".join(stranded.get(home) or [label])
+    copy = f"`manage.py fleet copy {labels} --from {database.alias} --to {home}`"
+    verify = f"`manage.py fleet verify {labels} --between {database.alias} {home}`"
     if there is None:
         state = "could not be looked at" + (" (unreachable)" if home in unreachable else "")
+        how = f"once it can be reached, with {copy}"
     elif table not in there.actual.tables:
         state = "is missing"
+        how = f"once its table is made there, with {copy}, then compared with {verify}"
+    elif there_rows := there.actual.rows(table):
+        state = f"holds {rows_text(there_rows)}"
+        how = f"by hand: {verify} names the rows that are on one side only or differ"
     else:
-        state = f"holds {rows_text(there.actual.rows(table))}"
+        state = "holds 0 rows"
+        how = f"with {copy}, then compared with {verify}"
     return Discrepancy(
         database.alias,
         label,
         table,
         f"table `{table}` holds {rows_text(rows)} of {label}, but {label} now lives in "
         f"{home!r} ({source}), where its table {state}. These rows must be moved to {home!r} "
-        f"(by hand today; `fleet move` is planned), or ROUTES changed to send {label} to "
+        f"({how}; stop writes first), or ROUTES changed to send {label} to "
         f"{database.alias!r}; until then {label} does not see them. Keep this table until "
         "they are moved.",
         Drift.ROWS_ELSEWHERE,
