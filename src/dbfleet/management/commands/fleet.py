@@ -12,6 +12,8 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from dbfleet.management.fleet import (
     copy,
+    dump,
+    load,
     migrate,
     plan,
     recover,
@@ -25,14 +27,15 @@ from dbfleet.management.fleet.output import Out, add_django_options
 
 SUBCOMMANDS = {
     module.NAME: module
-    for module in (routes, migrate, plan, status, recover, shards, sync, copy, verify)
+    for module in (routes, migrate, plan, status, recover, shards, sync, copy, verify, dump, load)
 }
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy, verify."
+        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy, verify, dump, "
+        "load."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.
