@@ -13,7 +13,7 @@ import datetime
 import hashlib
 import json
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 
@@ -22,7 +22,8 @@ def canonical(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, Decimal):
-        return str(value.normalize())
+        # Precise enough for every digit: the default context would round past 28.
+        return str(value.normalize(Context(prec=max(1, len(value.as_tuple().digits)))))
     if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
         return value.astimezone(datetime.UTC).replace(tzinfo=None).isoformat()
     if isinstance(value, datetime.date | datetime.time):

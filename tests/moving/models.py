@@ -7,6 +7,8 @@ from django.db import models
 
 class Maker(models.Model):
     name = models.CharField(max_length=50)
+    #: Makers and items point to each other: a cycle of foreign keys.
+    flagship = models.ForeignKey("Item", models.SET_NULL, null=True, related_name="+")
 
 
 class Tag(models.Model):

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, cast
 
-from django.db import connections, router
+from django.apps import apps
+from django.db import connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations import Migration
 from django.db.migrations.executor import MigrationExecutor
@@ -556,10 +557,15 @@ def audit_one(
     elsewhere = sorted(current_tables(alias, here=False).items())
     # The models whose rows are here and should be in each other database: copied together,
     # so that their foreign keys find what they point to.
+    # Not those whose table there holds rows already: `fleet copy` refuses them.
     stranded: dict[str, list[str]] = {}
     for table, model in elsewhere:
-        if leftovers.get(table, {}).get(alias) and not model._meta.auto_created:
-            home = get_topology().database_for_model(model)
+        home = get_topology().database_for_model(model)
+        there = by_alias.get(home)
+        fresh = there is not None and not (
+            table in there.actual.tables and there.actual.rows(table)
+        )
+        if leftovers.get(table, {}).get(alias) and not model._meta.auto_created and fresh:
             stranded.setdefault(home, []).append(model._meta.label)
     for table, model in elsewhere:
         rows = leftovers.get(table, {}).get(alias)
@@ -724,6 +730,8 @@ def leftover(
     labels = " ".join(stranded.get(home) or [label])
     copy = f"`manage.py fleet copy {labels} --from {database.alias} --to {home}`"
     verify = f"`manage.py fleet verify {labels} --between {database.alias} {home}`"
+    if not _verifiable(stranded.get(home) or [label]):
+        verify = "a comparison of both sides (fleet verify compares integer keys only)"
     if there is None:
         state = "could not be looked at" + (" (unreachable)" if home in unreachable else "")
         how = f"once it can be reached, with {copy}"
@@ -751,6 +759,17 @@ def leftover(
 
 
 # --- Who made a table or a column -----------------------------------------------------
+
+
+def _verifiable(labels: Iterable[str]) -> bool:
+    """Whether ``fleet verify`` compares these models: integer keys (a parent's, for a child)."""
+    for label in labels:
+        field: Any = apps.get_model(label)._meta.pk
+        while field.is_relation:
+            field = field.target_field
+        if not isinstance(field, models.IntegerField | models.AutoField):
+            return False
+    return True
 
 
 def _recorded_in_order(database: Database, recorded_only: bool) -> list[Migration]:

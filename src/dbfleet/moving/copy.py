@@ -35,7 +35,7 @@ from typing import Any
 from django.apps import apps
 from django.core.management.base import CommandError
 from django.core.management.color import no_style
-from django.db import connections, models, router, transaction
+from django.db import DatabaseError, connections, models, router, transaction
 from django.db.models import Max
 
 from dbfleet import vendors
@@ -100,6 +100,13 @@ def chosen(labels: Sequence[str]) -> list[Model]:
             ) from None
         for model in named:
             meta = model._meta
+            if not isinstance(meta.pk, models.Field) or meta.pk.__class__.__name__ == (
+                "CompositePrimaryKey"
+            ):
+                raise CommandError(
+                    f"{meta.label} has a composite primary key: fleet copy and fleet verify "
+                    "work a key at a time, and do not move it."
+                )
             if meta.proxy or not meta.managed or meta.swapped:
                 if "." in label:
                     raise CommandError(
@@ -181,6 +188,41 @@ def _refusals(chosen: Sequence[Model], sources: dict[Model, str], to: str) -> li
     return problems
 
 
+def _reachable(model: Model, among: set[Model]) -> set[Model]:
+    """The models of ``among`` that ``model``'s enforced foreign keys lead to, step by step."""
+    found: set[Model] = set()
+    todo = [model]
+    while todo:
+        for relation, related in relations(todo.pop()):
+            if (
+                related in among
+                and related not in found
+                and getattr(relation, "db_constraint", True)
+            ):
+                found.add(related)
+                todo.append(related)
+    return found
+
+
+def _refuse_orphans(chosen: Sequence[Model], to: str) -> None:
+    """--replace deletes the target's rows: refuse if other tables there point to them."""
+    tables = set(connections[to].introspection.table_names())
+    pointing = []
+    for model in apps.get_models(include_auto_created=True):
+        if model in chosen or model._meta.db_table not in tables:
+            continue
+        for relation, related in relations(model):
+            enforced = related in chosen and getattr(relation, "db_constraint", True)
+            rows = model._base_manager.using(to).exclude(**{f"{relation.attname}__isnull": True})
+            if enforced and rows.exists():
+                pointing.append(f"{model._meta.label}.{relation.name} -> {related._meta.label}")
+    if pointing:
+        raise CommandError(
+            f"Nothing was copied: --replace would delete rows on {to!r} that other rows there "
+            f"point to ({', '.join(pointing)}). Copy those models too, or empty them first."
+        )
+
+
 def ensure_checkpoints(alias: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(
@@ -251,15 +293,25 @@ def copy_models(
         raise CommandError("Nothing was copied:\n  " + "\n  ".join(problems))
     ordered = in_dependency_order(picked)
     ensure_checkpoints(to)
-    occupied, unknown = [], []
+    occupied, unknown, emptied = [], [], []
     for model in ordered:
         label, there = model._meta.label, model._base_manager.using(to)
-        if not replace and there.exists():
-            checkpoint = read_checkpoint(to, model, sources[model])
+        checkpoint = read_checkpoint(to, model, sources[model])
+        if replace:
+            continue
+        if there.exists():
             if not resume:
                 occupied.append(f"{label} ({there.count():,} rows)")
             elif checkpoint is None:
                 unknown.append(label)
+        elif resume and checkpoint is not None and checkpoint[1]:
+            emptied.append(label)
+    if emptied:
+        raise CommandError(
+            f"Nothing was copied: an earlier copy of {', '.join(emptied)} to {to!r} committed "
+            "rows that are no longer there, so --resume would skip them. Run it without "
+            "--resume: it copies everything again."
+        )
     if occupied:
         raise CommandError(
             f"Nothing was copied: {to!r} has rows of {', '.join(occupied)} already. "
@@ -274,31 +326,46 @@ def copy_models(
         )
     target = connections[to]
     report = CopyReport(to)
+    if replace:
+        _refuse_orphans(ordered, to)
     # Off for the session where the engine allows it (MariaDB/MySQL, SQLite), checked at the
     # end; PostgreSQL checks each transaction's rows at its commit.
     disabled = target.disable_constraint_checking()
+    among = set(ordered)
+    cycle = any(
+        other is not model and model in _reachable(other, among)
+        for model in ordered
+        for other in _reachable(model, among)
+    )
     try:
-        if replace:
-            with transaction.atomic(using=to):
-                for model in reversed(ordered):
+        with transaction.atomic(using=to):
+            for model in reversed(ordered):
+                if replace:
                     model._base_manager.using(to).all()._raw_delete(to)
+                # Not resumed: a checkpoint left by an earlier copy is not this one's.
+                if replace or not resume:
                     _forget(to, model, sources[model])
-        for index, model in enumerate(ordered):
-            # Rows that may point to rows of a later batch: in one transaction, where each
-            # transaction must hold what its rows point to.
-            whole = not disabled and any(
-                related is model or related in ordered[index + 1 :]
-                for relation, related in relations(model)
-                if getattr(relation, "db_constraint", True)
-            )
-            report.models.append(
-                _copy_model(model, sources[model], to, batch_size, progress, whole)
-            )
+        # Where each transaction must hold what its rows point to (PostgreSQL), models whose
+        # rows may point to rows of a later batch (their own, or round a cycle of models)
+        # are copied in one transaction: all of them, if there is a cycle.
+        with transaction.atomic(using=to) if cycle and not disabled else contextlib.nullcontext():
+            for model in ordered:
+                whole = not disabled and model in _reachable(model, {model})
+                report.models.append(
+                    _copy_model(model, sources[model], to, batch_size, progress, whole)
+                )
     finally:
         if disabled:
             target.enable_constraint_checking()
     with transaction.atomic(using=to), target.cursor() as cursor:
-        target.check_constraints(table_names=[model._meta.db_table for model in ordered])
+        try:
+            target.check_constraints(table_names=[model._meta.db_table for model in ordered])
+        except DatabaseError as error:
+            raise CommandError(
+                f"The rows are copied to {to!r} (each batch committed), but some point to "
+                f"rows that are not there: {error}. Copy the models they point to as well "
+                "(in the same fleet copy), or delete those rows."
+            ) from error
         for model in ordered:
             # Only where the engine counts apart from the rows (PostgreSQL's sequences).
             for sql in (statements := target.ops.sequence_reset_sql(no_style(), [model])):

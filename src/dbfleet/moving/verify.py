@@ -80,6 +80,23 @@ class VerifyReport:
         return any(not model.equal for model in self.models)
 
 
+def key_field(model: type[models.Model]) -> Any:
+    """The field ``model``'s key compares as (a parent's, for a multi-table child)."""
+    field: Any = model._meta.pk
+    while field.is_relation:
+        field = field.target_field
+    return field
+
+
+def orders_as_python(model: type[models.Model], mysql: bool) -> bool:
+    """Whether every engine (MariaDB's native UUID type aside) orders ``model``'s keys as
+    Python does."""
+    field = key_field(model)
+    if isinstance(field, models.UUIDField):
+        return not mysql  # MariaDB's uuid type sorts by its groups swapped.
+    return isinstance(field, ORDERED_KEYS)
+
+
 def rows_in_key_order(
     model: type[models.Model], alias: str, names: Sequence[str], batch_size: int
 ) -> Iterator[tuple[Any, ...]]:
@@ -104,12 +121,13 @@ def verify_models(
         if alias not in connections:
             raise CommandError(f"No database {alias!r}; the aliases: {', '.join(connections)}.")
     picked = chosen(labels)
+    engines = {connections[alias].vendor for alias in (first, second)}
     for model in picked:
-        if not isinstance(model._meta.pk, ORDERED_KEYS):
+        if not orders_as_python(model, mysql="mysql" in engines):
             raise CommandError(
-                f"{model._meta.label}: its key ({type(model._meta.pk).__name__}) may be "
-                "ordered differently by each engine; fleet verify compares integer and UUID "
-                "keys only."
+                f"{model._meta.label}: its key ({type(key_field(model)).__name__}) may be "
+                "ordered differently by each engine; fleet verify compares integer keys, "
+                "and UUID keys where neither database is MariaDB/MySQL."
             )
     report = VerifyReport(first, second)
     for model in picked:
@@ -142,8 +160,7 @@ def _verify_model(
             result.rows_second += 1
             b = next(theirs, None)
         else:
-            if a != b:
-                _compare(result, columns, a, b)
+            _compare(result, columns, a, b)
             result.rows_first += 1
             result.rows_second += 1
             a, b = next(ours, None), next(theirs, None)
@@ -154,11 +171,15 @@ def _verify_model(
 def _compare(
     result: ModelVerify, columns: list[str], a: tuple[Any, ...], b: tuple[Any, ...]
 ) -> None:
-    """Record the columns where ``a`` and ``b`` differ in normal form, if any."""
+    """Record the columns where ``a`` and ``b`` differ in normal form, if any.
+
+    Always in normal form, never by Python's ``==``, which takes ``True`` for ``1``
+    inside a JSON object.
+    """
     differing = [
-        (column, canonical(x), canonical(y))
-        for column, x, y in zip(columns, a, b, strict=True)
-        if canonical(x) != canonical(y)
+        (column, x, y)
+        for column, x, y in zip(columns, map(canonical, a), map(canonical, b), strict=True)
+        if x != y
     ]
     if not differing:
         return
