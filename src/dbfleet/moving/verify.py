@@ -19,6 +19,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 from django.db import connections, models
+from django.db.models import Q
 
 from dbfleet.moving.copy import chosen
 from dbfleet.values import canonical
@@ -97,18 +98,38 @@ def orders_as_python(model: type[models.Model], mysql: bool) -> bool:
     return isinstance(field, ORDERED_KEYS)
 
 
+def key_names(model: type[models.Model]) -> list[str]:
+    """What identifies a row: its key; for a many-to-many table, the pair it links (the ids
+    of its rows are arbitrary: a fixture gives them anew)."""
+    meta = model._meta
+    if meta.auto_created:
+        return [field.attname for field in meta.local_concrete_fields if field.is_relation]
+    return [meta.pk.attname]
+
+
 def rows_in_key_order(
-    model: type[models.Model], alias: str, names: Sequence[str], batch_size: int
+    model: type[models.Model],
+    alias: str,
+    keys: Sequence[str],
+    names: Sequence[str],
+    batch_size: int,
 ) -> Iterator[tuple[Any, ...]]:
-    """``model``'s rows on ``alias`` as tuples of ``names`` (the key first), in key order."""
-    ordered = model._base_manager.using(alias).order_by("pk").values_list(*names)
-    last: Any = None
+    """``model``'s rows on ``alias`` as tuples of ``keys`` then ``names``, in key order."""
+    ordered = model._base_manager.using(alias).order_by(*keys).values_list(*keys, *names)
+    after: Q | None = None
     while True:
-        batch = list((ordered if last is None else ordered.filter(pk__gt=last))[:batch_size])
+        batch = list((ordered if after is None else ordered.filter(after))[:batch_size])
         yield from batch
         if len(batch) < batch_size:
             return
-        last = batch[-1][0]
+        # After the last row's key (keys compared in order, as a tuple).
+        last = batch[-1]
+        after = Q()
+        for index in reversed(range(len(keys))):
+            step = Q(**{f"{keys[index]}__gt": last[index]})
+            after = (
+                step if index == len(keys) - 1 else step | (Q(**{keys[index]: last[index]}) & after)
+            )
 
 
 def verify_models(
@@ -139,28 +160,34 @@ def _verify_model(
     model: type[models.Model], first: str, second: str, batch_size: int
 ) -> ModelVerify:
     started = time.perf_counter()
-    fields = [model._meta.pk, *(f for f in model._meta.local_concrete_fields if not f.primary_key)]
+    keys = key_names(model)
+    fields = [
+        f
+        for f in model._meta.local_concrete_fields
+        if f.attname not in keys and not (model._meta.auto_created and f.primary_key)
+    ]
     names = [f.attname for f in fields]
-    columns = [str(f.column) for f in fields]
+    columns = [*keys, *(str(f.column) for f in fields)]
+    width = len(keys)
     result = ModelVerify(model._meta.label, first, second)
-    ours = rows_in_key_order(model, first, names, batch_size)
-    theirs = rows_in_key_order(model, second, names, batch_size)
+    ours = rows_in_key_order(model, first, keys, names, batch_size)
+    theirs = rows_in_key_order(model, second, keys, names, batch_size)
     a, b = next(ours, None), next(theirs, None)
     while a is not None or b is not None:
-        if b is None or (a is not None and a[0] < b[0]):
+        if b is None or (a is not None and a[:width] < b[:width]):
             result.missing_count += 1
             if len(result.missing) < SHOWN:
-                result.missing.append(canonical(a[0]))  # type: ignore[index]
+                result.missing.append(_shown(a, width))  # type: ignore[arg-type]
             result.rows_first += 1
             a = next(ours, None)
-        elif a is None or b[0] < a[0]:
+        elif a is None or b[:width] < a[:width]:
             result.extra_count += 1
             if len(result.extra) < SHOWN:
-                result.extra.append(canonical(b[0]))
+                result.extra.append(_shown(b, width))
             result.rows_second += 1
             b = next(theirs, None)
         else:
-            _compare(result, columns, a, b)
+            _compare(result, columns, a, b, width)
             result.rows_first += 1
             result.rows_second += 1
             a, b = next(ours, None), next(theirs, None)
@@ -168,8 +195,13 @@ def _verify_model(
     return result
 
 
+def _shown(row: tuple[Any, ...], width: int) -> Any:
+    """A row's key as reported: its value, or for a pair, a list of both."""
+    return canonical(row[0]) if width == 1 else [canonical(value) for value in row[:width]]
+
+
 def _compare(
-    result: ModelVerify, columns: list[str], a: tuple[Any, ...], b: tuple[Any, ...]
+    result: ModelVerify, columns: list[str], a: tuple[Any, ...], b: tuple[Any, ...], width: int
 ) -> None:
     """Record the columns where ``a`` and ``b`` differ in normal form, if any.
 
@@ -187,7 +219,7 @@ def _compare(
     if len(result.different) < SHOWN:
         result.different.append(
             RowDifference(
-                canonical(a[0]),
+                _shown(a, width),
                 [column for column, _, _ in differing],
                 [x for _, x, _ in differing],
                 [y for _, _, y in differing],
