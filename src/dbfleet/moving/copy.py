@@ -295,10 +295,10 @@ def copy_models(
     ensure_checkpoints(to)
     occupied, unknown, emptied = [], [], []
     for model in ordered:
-        label, there = model._meta.label, model._base_manager.using(to)
-        checkpoint = read_checkpoint(to, model, sources[model])
         if replace:
             continue
+        label, there = model._meta.label, model._base_manager.using(to)
+        checkpoint = read_checkpoint(to, model, sources[model])
         if there.exists():
             if not resume:
                 occupied.append(f"{label} ({there.count():,} rows)")
