@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections, models
@@ -304,9 +305,16 @@ def test_verify_refuses_one_database_twice() -> None:
 
 # --- fleet dump / fleet load ---------------------------------------------------------------
 
-#: The moving app on books, its tags on loans: a fixture spans two databases, none of them
-#: default (where dumpdata and loaddata would look).
-ROUTED = {"ROUTES": {"moving.Maker": "books", "moving.Item": "books", "moving.Tag": "books"}}
+#: The moving app on books, the suite's other routes as they are: none of it on default,
+#: where dumpdata and loaddata look.
+SUITE: dict[str, Any] = settings.DBFLEET
+ROUTED = {
+    **SUITE,
+    "ROUTES": {
+        **SUITE.get("ROUTES", {}),
+        **{f"moving.{name}": "books" for name in ("Maker", "Item", "Tag")},
+    },
+}
 
 
 @pytest.mark.parametrize("extension", [".json", ".jsonl", ".xml"])
@@ -339,6 +347,17 @@ def test_dump_then_load_round_trips_routed_models(extension: str, tmp_path: Path
     assert verify("moving", "--between", "loans", "books").count(": the same") == len(MODELS)
     # Sequences past the loaded ids.
     assert Maker.objects.using("books").create(name="next").pk > max(r[0] for r in before[Maker])
+
+
+def test_dump_of_everything_reads_each_model_where_it_lives(tmp_path: Path) -> None:
+    fill("books", items=3)
+    output = StringIO()
+    with override_settings(DBFLEET=ROUTED):
+        call_command("fleet", "dump", "-o", str(tmp_path / "all.json"), stdout=output)
+    assert "moving.Item from books: 3" in output.getvalue()
+    assert "contenttypes.ContentType from default" in output.getvalue()
+    dumped = json.loads((tmp_path / "all.json").read_text())
+    assert sum(row["model"] == "moving.item" for row in dumped) == 3
 
 
 def test_a_failed_load_writes_nothing(tmp_path: Path) -> None:
