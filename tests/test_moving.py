@@ -373,6 +373,23 @@ def test_a_failed_load_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="reads a file by its extension"):
         call_command("fleet", "dump", "--format", "xml", "-o", str(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
+    # A dump that fails leaves the file that was there as it was.
+    backup = tmp_path / "backup.json"
+    backup.write_text("[]")
+    with pytest.raises(CommandError, match="neither an installed app"):
+        call_command("fleet", "dump", "nope", "-o", str(backup))
+    assert backup.read_text() == "[]" and list(tmp_path.iterdir()) == [fixture, backup]
+    # Many-to-many rows that point nowhere are found before anything commits.
+    maker = {"model": "moving.maker", "pk": 1, "fields": {"name": "m", "flagship": None}}
+    item = {
+        "model": "moving.item",
+        "pk": 1,
+        "fields": {"maker": 1, "name": "x", "price": "1.00", "tags": [999]},
+    }
+    fixture.write_text(json.dumps([maker, item]))
+    with override_settings(DBFLEET=ROUTED), pytest.raises(CommandError, match="constraint"):
+        call_command("fleet", "load", str(fixture), stdout=StringIO())
+    assert not Maker.objects.using("books").exists()
 
 
 # --- Killed half-way ------------------------------------------------------------------------

@@ -83,9 +83,13 @@ def _no_progress(copy: ModelCopy) -> None:
     pass
 
 
-def chosen(labels: Sequence[str]) -> list[Model]:
+def chosen(labels: Sequence[str], *, by_key: bool = True) -> list[Model]:
     """The models ``labels`` name (``app_label`` or ``app_label.ModelName``), with their
-    auto-created many-to-many tables; CommandError for a name that is not one."""
+    auto-created many-to-many tables; CommandError for a name that is not one.
+
+    ``by_key``: for a copy or a comparison a key at a time, which refuses models with a
+    composite primary key (fixtures take them).
+    """
     found: dict[Model, None] = {}
     for label in labels:
         try:
@@ -100,20 +104,18 @@ def chosen(labels: Sequence[str]) -> list[Model]:
             ) from None
         for model in named:
             meta = model._meta
-            if not isinstance(meta.pk, models.Field) or meta.pk.__class__.__name__ == (
-                "CompositePrimaryKey"
-            ):
-                raise CommandError(
-                    f"{meta.label} has a composite primary key: fleet copy and fleet verify "
-                    "work a key at a time, and do not move it."
-                )
             if meta.proxy or not meta.managed or meta.swapped:
                 if "." in label:
                     raise CommandError(
                         f"{meta.label} has no table of its own (proxy, unmanaged or "
-                        "swapped): copy the model that has it."
+                        "swapped): name the model that has it."
                     )
                 continue
+            if by_key and meta.pk.__class__.__name__ == "CompositePrimaryKey":
+                raise CommandError(
+                    f"{meta.label} has a composite primary key: fleet copy and fleet verify "
+                    "work a key at a time, and do not move it."
+                )
             found[model] = None
             for many in meta.local_many_to_many:
                 through: Any = many.remote_field.through

@@ -54,7 +54,7 @@ def everything() -> list[type[models.Model]]:
     labels = [config.label for config in apps.get_app_configs() if config.models_module]
     return [
         model
-        for model in chosen(labels)
+        for model in chosen(labels, by_key=False)
         if all(connections[alias].features.supports_transactions for alias in homes(model))
     ]
 
@@ -85,7 +85,7 @@ def dump(
             f"Unknown format {format!r}; Django has: "
             f"{', '.join(serializers.get_public_serializer_formats())}."
         )
-    picked = in_dependency_order(chosen(labels) if labels else everything())
+    picked = in_dependency_order(chosen(labels, by_key=False) if labels else everything())
     picked = [model for model in picked if not model._meta.auto_created]  # With their owner.
     report = FixtureReport()
 
@@ -151,8 +151,15 @@ def load(paths: Sequence[str]) -> FixtureReport:
                 connections[alias].enable_constraint_checking()
         for alias, written in loaded.items():
             connection = connections[alias]
+            tables = [m._meta.db_table for m in written]
+            tables += [  # Their many-to-many rows too.
+                field.remote_field.through._meta.db_table  # type: ignore[union-attr]
+                for model in written
+                for field in model._meta.local_many_to_many
+                if field.remote_field.through._meta.auto_created  # type: ignore[union-attr]
+            ]
             try:
-                connection.check_constraints(table_names=[m._meta.db_table for m in written])
+                connection.check_constraints(table_names=tables)
             except DatabaseError as error:
                 raise CommandError(
                     f"Nothing was loaded: on {alias!r} the fixtures' rows break a constraint "
@@ -175,7 +182,9 @@ def _load_one(
     try:
         for item in serializers.deserialize(format, stream, handle_forward_references=True):
             where = targets(item.object)
+            many = item.m2m_data  # Django's save() clears it: each copy gets its own.
             for alias in where:
+                item.m2m_data = many
                 item.save(using=alias)
                 key = (item.object._meta.label, alias)
                 report.counts[key] = report.counts.get(key, 0) + 1

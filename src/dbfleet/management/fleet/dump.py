@@ -51,11 +51,18 @@ def handle(
     if output is None:
         dump(models, out.stream, format, indent)
         return
+    # Into a file beside it, renamed into place at the end: a dump that fails leaves the
+    # file that was there (an earlier backup) as it was.
+    partial = f"{output}.partial"
     try:
-        with open(output, "w", encoding="utf-8") as stream:
+        with open(partial, "w", encoding="utf-8") as stream:
             report = dump(models, stream, format, indent)
+        os.replace(partial, output)
     except OSError as error:
         raise CommandError(f"Cannot write {output!r}: {error.strerror}.") from None
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     if verbosity >= 1:
         for (model, alias), count in report.counts.items():
             out.write(f"  {model} from {alias}: {count:,}")
