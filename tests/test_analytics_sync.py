@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,6 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,9 +51,9 @@ from dbfleet.reports import fleet_status
 from dbfleet.testing import capture_queries
 from dbfleet.values import canonical
 from dbfleet.vendors.base import CHANGES
+from tests.children import django_child
 from tests.settings import CONFIGURATION, PREFIX
 
-ROOT = Path(__file__).resolve().parent.parent
 DATABASES = ["default", "books", "warehouse"]
 #: Seconds a helper process (or a --follow) gets before the test fails.
 DEADLINE = 60
@@ -652,20 +650,7 @@ def child_sync(*args: str) -> subprocess.Popen[str]:
     # Not read: an in-memory test database cannot be shared with another process.
     databases["books"] = {**books, "NAME": os.path.join(tempfile.gettempdir(), f"{PREFIX}_books")}
     connections["warehouse"].close()  # chDB opens a data directory in one process at a time.
-    return subprocess.Popen(
-        [sys.executable, "-m", "django", "fleet", "sync", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.synced.child_settings",
-            "DBFLEET_SYNC_DATABASES": json.dumps(databases, default=str),
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-            "PYTHONUNBUFFERED": "1",
-        },
-    )
+    return django_child("tests.synced.child_settings", databases, "fleet", "sync", *args)
 
 
 def kill_after(child: subprocess.Popen[str], lines: int, marker: str) -> str:

@@ -15,7 +15,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,10 +33,10 @@ from django.test import override_settings
 
 from dbfleet.moving.copy import CHECKPOINTS, copy_models, read_checkpoint
 from dbfleet.values import canonical
+from tests.children import django_child
 from tests.moving.models import Item, Maker, Tag
 from tests.settings import ENGINES
 
-ROOT = Path(__file__).resolve().parent.parent
 ALIASES = ("default", "books", "loans")
 PAIRS = list(itertools.permutations(ALIASES, 2))
 Through = Item.tags.through
@@ -398,20 +397,7 @@ def test_a_failed_load_writes_nothing(tmp_path: Path) -> None:
 def child_copy(*args: str) -> subprocess.Popen[str]:
     """``fleet copy`` in a process of its own, on this test run's databases."""
     databases = {alias: connections[alias].settings_dict for alias in ALIASES}
-    return subprocess.Popen(
-        [sys.executable, "-m", "django", "fleet", "copy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.moving.child_settings",
-            "DBFLEET_CHILD_DATABASES": json.dumps(databases, default=str),
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-            "PYTHONUNBUFFERED": "1",
-        },
-    )
+    return django_child("tests.moving.child_settings", databases, "fleet", "copy", *args)
 
 
 @pytest.mark.skipif(

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, cast
 
 from django.apps import apps
-from django.db import connections, models, router
+from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations import Migration
 from django.db.migrations.executor import MigrationExecutor
@@ -50,6 +50,7 @@ from dbfleet.conf import get_topology
 from dbfleet.migrating.lint import describe, operations
 from dbfleet.migrating.plan import decide
 from dbfleet.routing import route_source
+from dbfleet.values import orders_as_python
 
 Key = tuple[str, str]
 #: table -> its columns.
@@ -730,8 +731,12 @@ def leftover(
     labels = " ".join(stranded.get(home) or [label])
     copy = f"`manage.py fleet copy {labels} --from {database.alias} --to {home}`"
     verify = f"`manage.py fleet verify {labels} --between {database.alias} {home}`"
-    if not _verifiable(stranded.get(home) or [label]):
-        verify = "a comparison of both sides (fleet verify compares integer keys only)"
+    mysql = "mysql" in {connections[alias].vendor for alias in (database.alias, home)}
+    if not all(
+        orders_as_python(apps.get_model(name)._meta.pk, mysql)
+        for name in stranded.get(home) or [label]
+    ):
+        verify = "a comparison of both sides (fleet verify compares integer and UUID keys)"
     if there is None:
         state = "could not be looked at" + (" (unreachable)" if home in unreachable else "")
         how = f"once it can be reached, with {copy}"
@@ -759,17 +764,6 @@ def leftover(
 
 
 # --- Who made a table or a column -----------------------------------------------------
-
-
-def _verifiable(labels: Iterable[str]) -> bool:
-    """Whether ``fleet verify`` compares these models: integer keys (a parent's, for a child)."""
-    for label in labels:
-        field: Any = apps.get_model(label)._meta.pk
-        while field.is_relation:
-            field = field.target_field
-        if not isinstance(field, models.IntegerField | models.AutoField):
-            return False
-    return True
 
 
 def _recorded_in_order(database: Database, recorded_only: bool) -> list[Migration]:

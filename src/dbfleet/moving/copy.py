@@ -403,7 +403,7 @@ def _copy_batches(
     progress(result)
     reading, target = connections[source], connections[to]
     vendor = vendors.of(reading)
-    binary: bool | None = None  # Unknown until the first batch asks.
+    binary: bool | None = None  # Asked with the first batch's statement.
     while True:
         after = everything if last is None else everything.filter(pk__gt=last)
         bound = list(after.values_list("pk", flat=True)[batch_size - 1 : batch_size])
@@ -411,13 +411,13 @@ def _copy_batches(
         if high is None:
             break
         rows = after.filter(pk__lte=high).values_list(*attnames)
+        sql, params = rows.query.get_compiler(source).as_sql()
+        if binary is None:
+            binary = vendor.copies_as_is(reading, sql, params, target, meta.db_table, columns)
         with transaction.atomic(using=to):
-            written = None
-            if binary is not False:
-                sql, params = rows.query.get_compiler(source).as_sql()
+            if binary:
                 written = vendor.copy_rows(reading, sql, params, target, meta.db_table, columns)
-                binary = written is not None
-            if written is None:
+            else:
                 prepared = [
                     [
                         field.get_db_prep_save(value, connection=target)

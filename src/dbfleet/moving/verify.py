@@ -22,20 +22,12 @@ from django.db import connections, models
 from django.db.models import Q
 
 from dbfleet.moving.copy import chosen
-from dbfleet.values import canonical
+from dbfleet.values import canonical, compared_field, orders_as_python
 
 #: Rows read at a time from each side.
 BATCH_SIZE = 10_000
 #: Keys listed of each kind of difference (all are counted).
 SHOWN = 20
-#: Primary keys both engines order as Python does.
-ORDERED_KEYS = (
-    models.AutoField,
-    models.BigAutoField,
-    models.SmallAutoField,
-    models.IntegerField,
-    models.UUIDField,
-)
 
 
 @dataclass
@@ -79,23 +71,6 @@ class VerifyReport:
     @property
     def differs(self) -> bool:
         return any(not model.equal for model in self.models)
-
-
-def key_field(model: type[models.Model]) -> Any:
-    """The field ``model``'s key compares as (a parent's, for a multi-table child)."""
-    field: Any = model._meta.pk
-    while field.is_relation:
-        field = field.target_field
-    return field
-
-
-def orders_as_python(model: type[models.Model], mysql: bool) -> bool:
-    """Whether every engine (MariaDB's native UUID type aside) orders ``model``'s keys as
-    Python does."""
-    field = key_field(model)
-    if isinstance(field, models.UUIDField):
-        return not mysql  # MariaDB's uuid type sorts by its groups swapped.
-    return isinstance(field, ORDERED_KEYS)
 
 
 def key_names(model: type[models.Model]) -> list[str]:
@@ -144,9 +119,10 @@ def verify_models(
     picked = chosen(labels)
     engines = {connections[alias].vendor for alias in (first, second)}
     for model in picked:
-        if not orders_as_python(model, mysql="mysql" in engines):
+        if not orders_as_python(model._meta.pk, mysql="mysql" in engines):
+            key = type(compared_field(model._meta.pk)).__name__
             raise CommandError(
-                f"{model._meta.label}: its key ({type(key_field(model)).__name__}) may be "
+                f"{model._meta.label}: its key ({key}) may be "
                 "ordered differently by each engine; fleet verify compares integer keys, "
                 "and UUID keys where neither database is MariaDB/MySQL."
             )

@@ -66,6 +66,7 @@ from dbfleet.sharding.slots import (
 )
 from dbfleet.topology import ShardGroup
 from dbfleet.transactions import atomic
+from dbfleet.values import compared_field
 
 M = TypeVar("M", bound=models.Model)
 #: The querysets being evaluated on a database they chose, in this thread or task.
@@ -651,8 +652,7 @@ class ShardedQuerySet(models.QuerySet[M]):
                 field = self.model._meta.pk if name == "pk" else self.model._meta.get_field(name)
             except FieldDoesNotExist:
                 return None
-        while getattr(field, "is_relation", False) and getattr(field, "target_field", None):
-            field = field.target_field
+        field = compared_field(field)
         return field if isinstance(field, models.CharField | models.TextField) else None
 
     def _per_shard(

@@ -77,6 +77,12 @@ def raw_rollback(connection: BaseDatabaseWrapper) -> None:
         connection.connection.rollback()
 
 
+def quoted(connection: BaseDatabaseWrapper, table: str, columns: Sequence[str]) -> str:
+    """``table (column, ...)``, each name quoted for ``connection``."""
+    quote = connection.ops.quote_name
+    return f"{quote(table)} ({', '.join(quote(column) for column in columns)})"
+
+
 def literal(value: str) -> str:
     """``value`` as an SQL string literal (for statements that take no bound parameters)."""
     return "'" + value.replace("'", "''") + "'"
@@ -339,6 +345,20 @@ class Vendor:
         return None
 
     @staticmethod
+    def copies_as_is(
+        source: BaseDatabaseWrapper,
+        sql: str,
+        params: Sequence[Any],
+        target: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+    ) -> bool:
+        """Whether :meth:`copy_rows` can move the rows of ``sql`` into ``columns`` of ``table``:
+        two databases of this engine whose columns have the same types. Else the caller
+        reads the rows and writes them (:meth:`write_rows`)."""
+        return False
+
+    @staticmethod
     def copy_rows(
         source: BaseDatabaseWrapper,
         sql: str,
@@ -346,14 +366,11 @@ class Vendor:
         target: BaseDatabaseWrapper,
         table: str,
         columns: Sequence[str],
-    ) -> int | None:
-        """The rows of ``sql`` on ``source`` into ``columns`` of ``table`` on ``target``, as is.
-
-        The engine's own format between two of its databases whose columns have
-        the same types, never made into Python values; the rows written. None:
-        no such path here (the caller reads the rows and writes them).
-        """
-        return None
+    ) -> int:
+        """The rows of ``sql`` on ``source`` into ``columns`` of ``table`` on ``target`` in the
+        engine's own format, never made into Python values; the rows written. Only where
+        :meth:`copies_as_is` says so."""
+        raise NotImplementedError(f"{source.vendor} copies no rows as they are.")
 
     @staticmethod
     def write_rows(
@@ -367,8 +384,8 @@ class Vendor:
         An ``executemany`` of one ``INSERT`` (mysqlclient makes it one multi-row
         statement; SQLite runs it in a loop in C).
         """
-        quote = connection.ops.quote_name
-        names = ", ".join(quote(column) for column in columns)
         marks = ", ".join(["%s"] * len(columns))
         with connection.cursor() as cursor:
-            cursor.executemany(f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})", rows)
+            cursor.executemany(
+                f"INSERT INTO {quoted(connection, table, columns)} VALUES ({marks})", rows
+            )

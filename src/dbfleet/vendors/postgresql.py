@@ -24,6 +24,7 @@ from dbfleet.vendors.base import (
     driver_code,
     literal,
     query,
+    quoted,
     raw,
     raw_commit,
     raw_rollback,
@@ -580,6 +581,26 @@ class PostgreSQL(Vendor):
         return _copy_out(connection, sql, params, size)
 
     @staticmethod
+    def copies_as_is(
+        source: BaseDatabaseWrapper,
+        sql: str,
+        params: Sequence[Any],
+        target: BaseDatabaseWrapper,
+        table: str,
+        columns: Sequence[str],
+    ) -> bool:
+        # Binary COPY reads a value back only as the type it was written as.
+        if target.vendor != "postgresql" or not _binds_client_side(source):
+            return False
+        names = ", ".join(target.ops.quote_name(column) for column in columns)
+        with source.cursor() as reading, target.cursor() as writing:
+            reading.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)
+            writing.execute(f"SELECT {names} FROM {target.ops.quote_name(table)} LIMIT 0")
+            return [c.type_code for c in reading.description] == [
+                c.type_code for c in writing.description
+            ]
+
+    @staticmethod
     def copy_rows(
         source: BaseDatabaseWrapper,
         sql: str,
@@ -587,27 +608,15 @@ class PostgreSQL(Vendor):
         target: BaseDatabaseWrapper,
         table: str,
         columns: Sequence[str],
-    ) -> int | None:
-        # Binary COPY out of one and into the other: the server's own bytes, when each
-        # column has the same type on both (binary values are only read back as the
-        # type they were written as).
-        if target.vendor != "postgresql" or not _binds_client_side(source):
-            return None
-        quote = target.ops.quote_name
-        names = ", ".join(quote(column) for column in columns)
+    ) -> int:
+        # Binary COPY out of one and into the other: the server's own bytes.
         with source.cursor() as reading, target.cursor() as writing:
-            reading.execute(f"SELECT * FROM ({sql}) AS q LIMIT 0", params)
-            writing.execute(f"SELECT {names} FROM {quote(table)} LIMIT 0")
-            if [c.type_code for c in reading.description] != [
-                c.type_code for c in writing.description
-            ]:
-                return None
             with (
                 source.wrap_database_errors,
                 target.wrap_database_errors,
                 reading.cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as out,
                 writing.cursor.copy(
-                    f"COPY {quote(table)} ({names}) FROM STDIN (FORMAT BINARY)"
+                    f"COPY {quoted(target, table, columns)} FROM STDIN (FORMAT BINARY)"
                 ) as into,
             ):
                 for block in out:
@@ -627,12 +636,10 @@ class PostgreSQL(Vendor):
 
         if not is_psycopg3:
             return Vendor.write_rows(connection, table, columns, rows)
-        quote = connection.ops.quote_name
-        names = ", ".join(quote(column) for column in columns)
         with (
             connection.cursor() as cursor,
             connection.wrap_database_errors,
-            cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy,
+            cursor.cursor.copy(f"COPY {quoted(connection, table, columns)} FROM STDIN") as copy,
         ):
             for row in rows:
                 copy.write_row(row)
