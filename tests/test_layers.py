@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str] | None] = {
     "migrating": BASE | {"routing", "vendors", "values"},
     "backends": {"vendors"},
     "analytics": BASE | {"vendors", "backends", "values"},
-    "moving": BASE | {"vendors", "routing", "sharding", "transactions", "values"},
+    "moving": BASE | {"vendors", "routing", "sharding", "transactions", "values", "analytics"},
     "checks": None,
     "testing": BASE | {"replicas", "sharding"},
     "admin_transactions": BASE | {"transactions", "routing"},

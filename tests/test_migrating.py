@@ -215,6 +215,7 @@ def test_fleet_status_json_is_the_report() -> None:
         "in_doubt_unreachable",
         "replicas",
         "synced",
+        "moves",
         "reasons",
         "exit_code",
     ]

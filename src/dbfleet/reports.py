@@ -24,8 +24,10 @@ from django.db import DatabaseError, connections, models
 from dbfleet import vendors
 from dbfleet.analytics.sync import SyncStatus, sync_status
 from dbfleet.conf import did_you_mean, fleet_settings, get_topology
+from dbfleet.migrating.drift import Drift
 from dbfleet.migrating.plan import DatabasePlan, primary_databases
 from dbfleet.migrating.status import State, Status, status
+from dbfleet.moving.move import MoveStatus, move_status
 from dbfleet.replicas import Health, replica_health
 from dbfleet.routing import Route, routes
 from dbfleet.topology import ShardGroup
@@ -137,6 +139,8 @@ class FleetStatus(Status):
     replicas: list[ReplicaStatus] = field(default_factory=list)
     #: Each synced model: changes its source logged and not copied yet, its last sync.
     synced: list[SyncStatus] = field(default_factory=list)
+    #: Each move (fleet move): its phase, and the changes not applied yet.
+    moves: list[MoveStatus] = field(default_factory=list)
     #: Why it is not in order (none: it is), and the exit code that says so.
     reasons: list[Reason] = field(default_factory=list)
     exit_code: ExitCode = ExitCode.OK
@@ -161,11 +165,26 @@ def fleet_status(aliases: Sequence[str], only: Sequence[str] = ()) -> FleetStatu
         if alias not in migrations.errors and (not only or alias in only)
     ]
     found, unreachable = find_in_doubt(asked)
+    moves = move_status(only)
+    # A move's tables hold its models' rows on both sides until it is finished: the move
+    # is shown, with what to do next, instead of rows in the wrong place.
+    moving = {
+        (alias, label)
+        for move in moves
+        if move.backlog is not None
+        for alias in (move.source, move.target)
+        for label in move.labels
+    }
     report = FleetStatus(
         databases=migrations.databases,
         migrations=migrations.migrations,
         errors=migrations.errors,
-        audit=migrations.audit,
+        audit=[
+            item
+            for item in migrations.audit
+            if item.kind not in (Drift.ROWS_ELSEWHERE, Drift.STRAY)
+            or (item.database, item.model) not in moving
+        ],
         audited=migrations.audited,
         fixes=migrations.fixes,
         configuration=configuration,
@@ -188,6 +207,7 @@ def fleet_status(aliases: Sequence[str], only: Sequence[str] = ()) -> FleetStatu
             for health in replica_health(only)
         ],
         synced=sync_status(only),
+        moves=moves,
     )
     report.reasons = status_reasons(report)
     report.exit_code = exit_code(report.reasons)

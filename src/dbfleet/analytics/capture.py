@@ -19,22 +19,26 @@ where a source migrates (every ``migrate``, so that a table a migration rebuilt,
 as SQLite's schema editor does, gets its triggers back), and dropped from tables
 that no longer have a copy. Where triggers were missing (installed for the first
 time, or a copy added) an ``R`` row tells the sync to load the copy in full: what
-changed before the triggers existed is in that load.
+changed before the triggers existed is in that load. ``fleet move`` captures the
+tables of the models it moves the same way, under its move's label, until the move
+is finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 
 from dbfleet import vendors
 from dbfleet.analytics.spec import copies_by_source
-from dbfleet.vendors.base import CHANGES, RELOAD
+from dbfleet.vendors.base import CHANGES, FINISHED, MOVES, RELOAD
 
 #: Log rows deleted by one statement (SQLite's limit on parameters is far above it).
 DELETE_CHUNK = 500
@@ -57,13 +61,36 @@ def label_of(model: type[Model]) -> str:
     return model._meta.label_lower
 
 
+def move_label(model: type[Model], target: str) -> str:
+    """How the change log names a move of ``model`` to ``target`` (``fleet move``)."""
+    return f"{label_of(model)}>{target}"
+
+
 def sources_on(alias: str) -> dict[type[Model], list[str]]:
-    """Each source model that migrates on ``alias`` -> the labels of its copies."""
-    return {
+    """Each source model that migrates on ``alias`` -> the labels of its copies; and each
+    model moving from ``alias`` -> its move's label."""
+    found = {
         source: [label_of(copy) for copy in copies]
         for source, copies in copies_by_source().items()
         if router.allow_migrate_model(alias, source)
     }
+    for model, target in moving_from(connections[alias]):
+        found.setdefault(model, []).append(move_label(model, target))
+    return found
+
+
+def moving_from(connection: BaseDatabaseWrapper) -> list[tuple[type[Model], str]]:
+    """The models with a move from this database that is not finished, and where to."""
+    with connection.cursor() as cursor:
+        if MOVES not in connection.introspection.table_names(cursor):
+            return []
+        cursor.execute(f"SELECT model, target FROM {MOVES} WHERE phase <> %s", [FINISHED])
+        rows = cursor.fetchall()
+    found = []
+    for label, target in rows:
+        with contextlib.suppress(LookupError):  # An app since removed: nothing to capture.
+            found.append((apps.get_model(label), str(target)))
+    return found
 
 
 def install(
@@ -88,6 +115,7 @@ def install(
         return []
     reload: list[str] = []
     with transaction.atomic(using=connection.alias):
+        vendor.lock_for_triggers(connection, sorted(set(wanted) | set(present)))
         vendor.install_change_log(connection)
         for table, (pk_column, labels) in sorted(wanted.items()):
             old = present.get(table)

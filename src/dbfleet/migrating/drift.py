@@ -729,26 +729,33 @@ def leftover(
         )
     there = by_alias.get(home)
     labels = " ".join(stranded.get(home) or [label])
-    copy = f"`manage.py fleet copy {labels} --from {database.alias} --to {home}`"
+    copy = (
+        f"`manage.py fleet move {labels} --from {database.alias} --to {home}` (it copies "
+        f"them, applies what is written to {database.alias!r} meanwhile and compares), then "
+        f"`manage.py fleet move {labels} --finish`"
+    )
     verify = f"`manage.py fleet verify {labels} --between {database.alias} {home}`"
     mysql = "mysql" in {connections[alias].vendor for alias in (database.alias, home)}
     if not all(
         orders_as_python(apps.get_model(name)._meta.pk, mysql)
         for name in stranded.get(home) or [label]
     ):
+        # fleet move and fleet verify compare in key order: not these keys.
+        copy = f"`manage.py fleet copy {labels} --from {database.alias} --to {home}`"
         verify = "a comparison of both sides (fleet verify compares integer and UUID keys)"
+        copy += f", then {verify}"
     if there is None:
         state = "could not be looked at" + (" (unreachable)" if home in unreachable else "")
         how = f"once it can be reached, with {copy}"
     elif table not in there.actual.tables:
         state = "is missing"
-        how = f"once its table is made there, with {copy}, then compared with {verify}"
+        how = f"once its table is made there, with {copy}"
     elif there_rows := there.actual.rows(table):
         state = f"holds {rows_text(there_rows)}"
         how = f"by hand: {verify} names the rows that are on one side only or differ"
     else:
         state = "holds 0 rows"
-        how = f"with {copy}, then compared with {verify}"
+        how = f"with {copy}"
     return Discrepancy(
         database.alias,
         label,

@@ -151,7 +151,9 @@ def in_dependency_order(chosen: Sequence[Model]) -> list[Model]:
     return ordered
 
 
-def _refusals(chosen: Sequence[Model], sources: dict[Model, str], to: str) -> list[str]:
+def _refusals(
+    chosen: Sequence[Model], sources: dict[Model, str], to: str, missing_ok: bool = False
+) -> list[str]:
     """What stops the copy before it writes anything, one line each."""
     problems = []
     target = connections[to]
@@ -172,7 +174,7 @@ def _refusals(chosen: Sequence[Model], sources: dict[Model, str], to: str) -> li
             )
         if source == to:
             problems.append(f"{label}: its source is {to!r} already; name another with --from.")
-        if model._meta.db_table not in tables:
+        if model._meta.db_table not in tables and not missing_ok:
             problems.append(
                 f"{label}: its table {model._meta.db_table!r} is missing on {to!r}. Route it "
                 f"there, then `manage.py fleet status` gives the commands that create it."
@@ -260,7 +262,7 @@ def _save_checkpoint(alias: str, model: Model, source: str, key: Any, copied: in
             )
 
 
-def _forget(alias: str, model: Model, source: str) -> None:
+def forget_checkpoint(alias: str, model: Model, source: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {CHECKPOINTS} WHERE model = %s AND source = %s",
@@ -285,15 +287,43 @@ def copy_models(
     has rows already, unless ``resume`` (go on after the checkpoint of an earlier
     copy) or ``replace`` (delete them first).
     """
-    if resume and replace:
-        raise CommandError("--resume goes on with the rows there, --replace deletes them: one.")
     if batch_size < 1:
         raise CommandError("--batch-size must be at least 1.")
+    ordered, sources = planned(labels, to, source, resume=resume, replace=replace)
+    report = copy_planned(
+        ordered, sources, to, resume=resume, replace=replace, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    check_copied(ordered, to, report)
+    return report
+
+
+def planned(
+    labels: Sequence[str],
+    to: str,
+    source: str | None,
+    *,
+    resume: bool,
+    replace: bool,
+    create: Callable[[Sequence[Model]], None] | None = None,
+) -> tuple[list[Model], dict[Model, str]]:
+    """(the models to copy in dependency order, where each is read) after the checks of
+    :func:`copy_models`, which raise CommandError before anything is written.
+
+    ``create``: called with the models whose table the target lacks, once every other
+    check passed, to make them (``fleet move``); else a missing table is refused.
+    """
+    if resume and replace:
+        raise CommandError("--resume goes on with the rows there, --replace deletes them: one.")
     picked = chosen(labels)
     sources = {model: source or router.db_for_write(model) for model in picked}
-    if problems := _refusals(picked, sources, to):
+    tables = set(connections[to].introspection.table_names())
+    missing = [model for model in picked if model._meta.db_table not in tables]
+    if problems := _refusals(picked, sources, to, missing_ok=create is not None):
         raise CommandError("Nothing was copied:\n  " + "\n  ".join(problems))
     ordered = in_dependency_order(picked)
+    if create is not None and missing:
+        create(missing)
     ensure_checkpoints(to)
     occupied, unknown, emptied = [], [], []
     for model in ordered:
@@ -326,10 +356,24 @@ def copy_models(
             "copied there by fleet copy from this source (it has no checkpoint), so "
             "--resume cannot know where to go on; --replace deletes them first."
         )
-    target = connections[to]
-    report = CopyReport(to)
     if replace:
         _refuse_orphans(ordered, to)
+    return ordered, sources
+
+
+def copy_planned(
+    ordered: Sequence[Model],
+    sources: dict[Model, str],
+    to: str,
+    *,
+    resume: bool,
+    replace: bool,
+    batch_size: int,
+    progress: Progress,
+) -> CopyReport:
+    """Copy the rows of ``ordered`` (as :func:`planned` gives them), without the final checks."""
+    target = connections[to]
+    report = CopyReport(to)
     # Off for the session where the engine allows it (MariaDB/MySQL, SQLite), checked at the
     # end; PostgreSQL checks each transaction's rows at its commit.
     disabled = target.disable_constraint_checking()
@@ -346,7 +390,7 @@ def copy_models(
                     model._base_manager.using(to).all()._raw_delete(to)
                 # Not resumed: a checkpoint left by an earlier copy is not this one's.
                 if replace or not resume:
-                    _forget(to, model, sources[model])
+                    forget_checkpoint(to, model, sources[model])
         # Where each transaction must hold what its rows point to (PostgreSQL), models whose
         # rows may point to rows of a later batch (their own, or round a cycle of models)
         # are copied in one transaction: all of them, if there is a cycle.
@@ -359,7 +403,13 @@ def copy_models(
     finally:
         if disabled:
             target.enable_constraint_checking()
-    with transaction.atomic(using=to), target.cursor() as cursor:
+    return report
+
+
+def check_copied(ordered: Sequence[Model], to: str, report: CopyReport) -> None:
+    """Check the copied tables' foreign keys on ``to``; set its sequences past the ids."""
+    target = connections[to]
+    with transaction.atomic(using=to):
         try:
             target.check_constraints(table_names=[model._meta.db_table for model in ordered])
         except DatabaseError as error:
@@ -368,13 +418,20 @@ def copy_models(
                 f"rows that are not there: {error}. Copy the models they point to as well "
                 "(in the same fleet copy), or delete those rows."
             ) from error
-        for model in ordered:
-            # Only where the engine counts apart from the rows (PostgreSQL's sequences).
+    report.sequences += reset_sequences(ordered, to)
+
+
+def reset_sequences(models: Sequence[Model], to: str) -> list[str]:
+    """Set the sequences of ``models`` on ``to`` past their ids; the tables whose were set
+    (only where the engine counts apart from the rows: PostgreSQL's sequences)."""
+    target, tables = connections[to], []
+    with target.cursor() as cursor:
+        for model in models:
             for sql in (statements := target.ops.sequence_reset_sql(no_style(), [model])):
                 cursor.execute(sql)
             if statements:
-                report.sequences.append(model._meta.db_table)
-    return report
+                tables.append(model._meta.db_table)
+    return tables
 
 
 def _copy_model(

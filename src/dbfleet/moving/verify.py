@@ -73,11 +73,11 @@ class VerifyReport:
         return any(not model.equal for model in self.models)
 
 
-def key_names(model: type[models.Model]) -> list[str]:
+def key_names(model: type[models.Model], by_pk: bool = False) -> list[str]:
     """What identifies a row: its key; for a many-to-many table, the pair it links (the ids
-    of its rows are arbitrary: a fixture gives them anew)."""
+    of its rows are arbitrary: a fixture gives them anew), unless ``by_pk``."""
     meta = model._meta
-    if meta.auto_created:
+    if meta.auto_created and not by_pk:
         return [field.attname for field in meta.local_concrete_fields if field.is_relation]
     return [meta.pk.attname]
 
@@ -108,15 +108,34 @@ def rows_in_key_order(
 
 
 def verify_models(
-    labels: Sequence[str], first: str, second: str, *, batch_size: int = BATCH_SIZE
+    labels: Sequence[str],
+    first: str,
+    second: str,
+    *,
+    batch_size: int = BATCH_SIZE,
+    by_pk: bool = False,
+    shown: int | None = SHOWN,
 ) -> VerifyReport:
-    """Compare the rows of the models ``labels`` name on ``first`` and on ``second``."""
+    """Compare the rows of the models ``labels`` name on ``first`` and on ``second``.
+
+    ``by_pk``: rows of many-to-many tables too are matched by their key (a copy keeps
+    it). ``shown``: how many keys of each kind of difference are kept (None: all).
+    """
     if first == second:
         raise CommandError(f"--between names {first!r} twice: name two databases.")
     for alias in (first, second):
         if alias not in connections:
             raise CommandError(f"No database {alias!r}; the aliases: {', '.join(connections)}.")
     picked = chosen(labels)
+    comparable(picked, first, second)
+    report = VerifyReport(first, second)
+    for model in picked:
+        report.models.append(_verify_model(model, first, second, batch_size, by_pk, shown))
+    return report
+
+
+def comparable(picked: Sequence[type[models.Model]], first: str, second: str) -> None:
+    """CommandError unless both engines order the keys of ``picked`` as Python does."""
     engines = {connections[alias].vendor for alias in (first, second)}
     for model in picked:
         if not orders_as_python(model._meta.pk, mysql="mysql" in engines):
@@ -126,17 +145,19 @@ def verify_models(
                 "ordered differently by each engine; fleet verify compares integer keys, "
                 "and UUID keys where neither database is MariaDB/MySQL."
             )
-    report = VerifyReport(first, second)
-    for model in picked:
-        report.models.append(_verify_model(model, first, second, batch_size))
-    return report
 
 
 def _verify_model(
-    model: type[models.Model], first: str, second: str, batch_size: int
+    model: type[models.Model],
+    first: str,
+    second: str,
+    batch_size: int,
+    by_pk: bool,
+    shown: int | None,
 ) -> ModelVerify:
     started = time.perf_counter()
-    keys = key_names(model)
+    keys = key_names(model, by_pk)
+    kept = float("inf") if shown is None else shown
     fields = [
         f
         for f in model._meta.local_concrete_fields
@@ -153,13 +174,13 @@ def _verify_model(
     while a is not None or b is not None:
         if b is None or (a is not None and a[:width] < b[:width]):
             result.missing_count += 1
-            if len(result.missing) < SHOWN:
+            if len(result.missing) < kept:
                 result.missing.append(_shown(a, width))  # type: ignore[arg-type]
             result.rows_first += 1
             a = next(ours, None)
         elif a is None or b[:width] < a[:width]:
             result.extra_count += 1
-            if len(result.extra) < SHOWN:
+            if len(result.extra) < kept:
                 result.extra.append(_shown(b, width))
             result.rows_second += 1
             b = next(theirs, None)
@@ -167,7 +188,7 @@ def _verify_model(
             # Python's == is exact for one field type on both sides, but for JSON (where it
             # takes true for 1): those are compared in normal form.
             if a != b or any(canonical(a[i]) != canonical(b[i]) for i in loose):
-                _compare(result, columns, a, b, width)
+                _compare(result, columns, a, b, width, kept)
             result.rows_first += 1
             result.rows_second += 1
             a, b = next(ours, None), next(theirs, None)
@@ -181,7 +202,12 @@ def _shown(row: tuple[Any, ...], width: int) -> Any:
 
 
 def _compare(
-    result: ModelVerify, columns: list[str], a: tuple[Any, ...], b: tuple[Any, ...], width: int
+    result: ModelVerify,
+    columns: list[str],
+    a: tuple[Any, ...],
+    b: tuple[Any, ...],
+    width: int,
+    kept: float,
 ) -> None:
     """Record the columns where ``a`` and ``b`` differ in normal form, if any."""
     differing = [
@@ -192,7 +218,7 @@ def _compare(
     if not differing:
         return
     result.different_count += 1
-    if len(result.different) < SHOWN:
+    if len(result.different) < kept:
         result.different.append(
             RowDifference(
                 _shown(a, width),

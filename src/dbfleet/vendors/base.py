@@ -22,6 +22,13 @@ CHANGES = "dbfleet_changes"
 RELOAD = "R"
 #: How dbfleet's capture triggers (and PostgreSQL functions) are named: then the table.
 CAPTURE_PREFIX = "dbfleet_capture_"
+#: The moves in progress from a database (``fleet move``), on that database: one row for
+#: each model moving, whose changes the capture logs under its move's label.
+MOVES = "dbfleet_move"
+#: The phase of a move whose source no longer takes writes, and is no longer captured.
+FINISHED = "finished"
+#: How the triggers that refuse writes to a moved model's old table are named.
+FENCE_PREFIX = "dbfleet_fence_"
 _NO_CAPTURE = (
     "Synced models need their source on PostgreSQL, MariaDB/MySQL or SQLite, whose triggers "
     "capture its changes, not on {vendor!r}."
@@ -293,6 +300,33 @@ class Vendor:
     @staticmethod
     def remove_capture(connection: BaseDatabaseWrapper, table: str) -> None:
         """Drop dbfleet's capture triggers on ``table`` (none there: nothing to do)."""
+
+    @staticmethod
+    def lock_for_triggers(connection: BaseDatabaseWrapper, tables: Sequence[str]) -> None:
+        """In the transaction open on ``connection``: take the locks that creating triggers
+        on ``tables`` takes, without ever waiting for one while holding another (a writer
+        that holds one of them and waits for another would deadlock with it).
+
+        Elsewhere than PostgreSQL each trigger is made on its own: nothing to do.
+        """
+
+    # --- Moves (dbfleet.moving) --------------------------------------------------------------
+
+    @staticmethod
+    def read_one_snapshot(connection: BaseDatabaseWrapper) -> None:
+        """Make the transaction just begun on ``connection`` read every row as of one moment.
+
+        Run first in the transaction. SQLite's transactions do already.
+        """
+
+    @staticmethod
+    def fence(connection: BaseDatabaseWrapper, table: str, message: str) -> None:
+        """Triggers on ``table`` that refuse every write with ``message`` (idempotent)."""
+        raise NotImplementedError(f"fleet move cannot fence a table on {connection.vendor!r}.")
+
+    @staticmethod
+    def unfence(connection: BaseDatabaseWrapper, table: str) -> None:
+        """Drop the triggers ``fence`` made on ``table`` (none there: nothing to do)."""
 
     @staticmethod
     def run_at_once(

@@ -14,6 +14,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from dbfleet.vendors.base import (
     CAPTURE_PREFIX,
     CHANGES,
+    FENCE_PREFIX,
     ID_COUNTER,
     ReplicaStatus,
     Vendor,
@@ -55,12 +56,12 @@ def is_mariadb(connection: BaseDatabaseWrapper) -> bool:
     return bool(getattr(connection, "mysql_is_mariadb", False))
 
 
-def _capture_name(table: str, event: str) -> str:
-    """The name of ``table``'s capture trigger for ``event`` (64 characters at most)."""
-    name = f"{CAPTURE_PREFIX}{table}_{event}"
+def _capture_name(table: str, event: str, prefix: str = CAPTURE_PREFIX) -> str:
+    """The name of ``table``'s capture (or fence) trigger for ``event`` (64 characters at most)."""
+    name = f"{prefix}{table}_{event}"
     if len(name) <= 64:
         return name
-    return f"{CAPTURE_PREFIX}{hashlib.sha256(table.encode()).hexdigest()[:32]}_{event}"
+    return f"{prefix}{hashlib.sha256(table.encode()).hexdigest()[:32]}_{event}"
 
 
 def _capture_bodies(
@@ -349,3 +350,27 @@ class MySQL(Vendor):
         )
         for (name,) in rows:
             query(connection, f"DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)}")
+
+    @staticmethod
+    def read_one_snapshot(connection: BaseDatabaseWrapper) -> None:
+        # Before the transaction's first read: it starts at that read, with this level.
+        query(connection, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    @staticmethod
+    def fence(connection: BaseDatabaseWrapper, table: str, message: str) -> None:
+        # MESSAGE_TEXT holds 128 characters. TRUNCATE fires no trigger here.
+        text = literal(message[:128])
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            name = connection.ops.quote_name(_capture_name(table, event.lower(), FENCE_PREFIX))
+            query(connection, f"DROP TRIGGER IF EXISTS {name}")
+            query(
+                connection,
+                f"CREATE TRIGGER {name} BEFORE {event} ON {connection.ops.quote_name(table)} "
+                f"FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = {text}",
+            )
+
+    @staticmethod
+    def unfence(connection: BaseDatabaseWrapper, table: str) -> None:
+        for event in ("insert", "update", "delete"):
+            name = connection.ops.quote_name(_capture_name(table, event, FENCE_PREFIX))
+            query(connection, f"DROP TRIGGER IF EXISTS {name}")

@@ -6,10 +6,11 @@ import contextlib
 import hashlib
 import math
 import selectors
+import time
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.transaction import TransactionManagementError
@@ -17,6 +18,7 @@ from django.db.transaction import TransactionManagementError
 from dbfleet.vendors.base import (
     CAPTURE_PREFIX,
     CHANGES,
+    FENCE_PREFIX,
     ID_COUNTER,
     RELOAD,
     ReplicaStatus,
@@ -32,6 +34,8 @@ from dbfleet.vendors.base import (
 
 #: serialization_failure, deadlock_detected, lock_not_available (lock_timeout).
 RETRYABLE = frozenset({"40001", "40P01", "55P03"})
+#: Seconds ``lock_for_triggers`` tries for the locks of tables in use (writers come and go).
+LOCK_DEADLINE = 60.0
 
 
 def _gid(xid: str, connection: BaseDatabaseWrapper) -> str:
@@ -552,6 +556,50 @@ class PostgreSQL(Vendor):
             query(connection, f"DROP TRIGGER IF EXISTS {trigger} ON {quoted}")
         for function in sorted({function for _, function in rows}):
             query(connection, f"DROP FUNCTION IF EXISTS {function}")
+
+    @staticmethod
+    def lock_for_triggers(connection: BaseDatabaseWrapper, tables: Sequence[str]) -> None:
+        if not tables:
+            return
+        names = ", ".join(connection.ops.quote_name(table) for table in tables)
+        deadline = time.monotonic() + LOCK_DEADLINE
+        while True:
+            try:
+                # All at once or none (NOWAIT), in a savepoint that a refusal rolls back.
+                with transaction.atomic(using=connection.alias):
+                    query(connection, f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE NOWAIT")
+                return
+            except DatabaseError as error:
+                if driver_code(error) != "55P03" or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
+    @staticmethod
+    def read_one_snapshot(connection: BaseDatabaseWrapper) -> None:
+        query(connection, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    @staticmethod
+    def fence(connection: BaseDatabaseWrapper, table: str, message: str) -> None:
+        quoted_table = connection.ops.quote_name(table)
+        query(
+            connection,
+            f"CREATE OR REPLACE FUNCTION {FENCE_PREFIX}refuse() RETURNS trigger "
+            "LANGUAGE plpgsql AS $dbfleet$BEGIN RAISE EXCEPTION '%', TG_ARGV[0] "
+            "USING ERRCODE = 'read_only_sql_transaction'; END$dbfleet$",
+        )
+        query(connection, f"DROP TRIGGER IF EXISTS {FENCE_PREFIX}writes ON {quoted_table}")
+        query(
+            connection,
+            f"CREATE TRIGGER {FENCE_PREFIX}writes BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE "
+            f"ON {quoted_table} FOR EACH STATEMENT EXECUTE FUNCTION "
+            f"{FENCE_PREFIX}refuse({literal(message)})",
+        )
+
+    @staticmethod
+    def unfence(connection: BaseDatabaseWrapper, table: str) -> None:
+        quoted_table = connection.ops.quote_name(table)
+        if query(connection, "SELECT to_regclass(%s)", (quoted_table,))[0][0]:
+            query(connection, f"DROP TRIGGER IF EXISTS {FENCE_PREFIX}writes ON {quoted_table}")
 
     @staticmethod
     def run_at_once(

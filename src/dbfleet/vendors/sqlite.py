@@ -18,6 +18,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from dbfleet.vendors.base import (
     CAPTURE_PREFIX,
     CHANGES,
+    FENCE_PREFIX,
     ID_COUNTER,
     Vendor,
     literal,
@@ -207,3 +208,21 @@ class SQLite(Vendor):
         )
         for (name,) in rows:
             query(connection, f"DROP TRIGGER IF EXISTS {connection.ops.quote_name(name)}")
+
+    @staticmethod
+    def fence(connection: BaseDatabaseWrapper, table: str, message: str) -> None:
+        quote = connection.ops.quote_name
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            name = quote(f"{FENCE_PREFIX}{table}_{event.lower()}")
+            query(connection, f"DROP TRIGGER IF EXISTS {name}")
+            query(
+                connection,
+                f"CREATE TRIGGER {name} BEFORE {event} ON {quote(table)} "
+                f"BEGIN SELECT RAISE(ABORT, {literal(message)}); END",
+            )
+
+    @staticmethod
+    def unfence(connection: BaseDatabaseWrapper, table: str) -> None:
+        for event in ("insert", "update", "delete"):
+            name = connection.ops.quote_name(f"{FENCE_PREFIX}{table}_{event}")
+            query(connection, f"DROP TRIGGER IF EXISTS {name}")

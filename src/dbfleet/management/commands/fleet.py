@@ -15,6 +15,7 @@ from dbfleet.management.fleet import (
     dump,
     load,
     migrate,
+    move,
     plan,
     recover,
     routes,
@@ -27,15 +28,28 @@ from dbfleet.management.fleet.output import Out, add_django_options
 
 SUBCOMMANDS = {
     module.NAME: module
-    for module in (routes, migrate, plan, status, recover, shards, sync, copy, verify, dump, load)
+    for module in (
+        routes,
+        migrate,
+        plan,
+        status,
+        recover,
+        shards,
+        sync,
+        copy,
+        verify,
+        move,
+        dump,
+        load,
+    )
 }
 
 
 class Command(BaseCommand):
     help = (
         "Show and operate the project's databases. "
-        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy, verify, dump, "
-        "load."
+        "Subcommands: routes, migrate, plan, status, recover, shards, sync, copy, verify, move, "
+        "dump, load."
     )
     # Configuration problems are shown by the subcommands themselves: `fleet routes`
     # is how one looks into a configuration that the checks reject.

@@ -105,6 +105,7 @@ def write_text(out: Out, report: FleetStatus, all: bool) -> None:
             + replica_summary(out, health)
         )
     write_synced(out, report)
+    write_moves(out, report)
     reachable = [alias for alias in report.databases if alias not in report.errors]
     rows = [
         (label, states)
@@ -169,6 +170,35 @@ def write_synced(out: Out, report: FleetStatus) -> None:
             parts.append(style.ERROR(synced.problem))
         out.write(
             f"{style.MIGRATE_HEADING(synced.model)} (synced from {where}): " + "; ".join(parts)
+        )
+
+
+def write_moves(out: Out, report: FleetStatus) -> None:
+    """Each move: its phase and backlog; a finished one's backup tables."""
+    heading = out.style.MIGRATE_HEADING
+    for move in report.moves:
+        models = ", ".join(move.models)
+        where = f"{move.source} -> {move.target}"
+        if move.backlog is None:
+            tables = ", ".join(f"`{table}`" for table in move.backups.values())
+            out.write(
+                f"{heading(models)} (moved {where}): finished; the old tables are kept on "
+                f"{move.source}, refusing writes, as {tables}: drop them once not needed."
+            )
+            continue
+        lag = f", the oldest {move.lag:.1f} s old" if move.lag is not None else ""
+        named = " ".join(move.models)
+        after = {
+            "copying": f"`manage.py fleet move {named} --to {move.target}` goes on copying",
+            "finishing": f"`manage.py fleet move {named} --finish` again ends it",
+        }.get(
+            move.phase,
+            f"route them to {move.target!r}; with those settings, "
+            f"`manage.py fleet move {named} --finish` as the deploy begins",
+        )
+        out.write(
+            f"{heading(models)} (moving {where}): {move.phase}; {move.backlog:,} changes "
+            f"not applied yet{lag}. Next: {after} (or --abort undoes it)."
         )
 
 

@@ -1,0 +1,673 @@
+"""``fleet move``: models to another database while the application goes on writing.
+
+A move of models from one database (the source) to another (the target) goes
+through phases, kept in ``dbfleet_move`` on the source, a row for each model:
+
+``copying``
+    The source's change capture (the triggers of :mod:`dbfleet.analytics.capture`)
+    logs every change of the models' tables under the move's own label, from
+    before the first row is read; then the rows are copied as ``fleet copy`` copies
+    them, a batch at a time, resumable.
+``following``
+    A catch-up reads the logged changes, and the rows they name, from one snapshot
+    of the source; it writes those rows to the target (or deletes those that are
+    gone) in one transaction, and then deletes the log rows it applied (a catch-up
+    killed before that applies them again, which changes nothing). The target then
+    holds the source as of that snapshot. A comparison made meanwhile may only
+    find rows that have a change logged since; any other difference stops the move.
+``finishing``, ``finished``
+    ``--finish``, once the routes send the models to the target: triggers on the
+    source's tables refuse every write (a process still on the old routes fails
+    loudly), the last changes are applied, both sides compared (exactly: nothing
+    writes any more), and the source's tables renamed, kept as a backup; the
+    move's capture is dropped.
+
+``--abort``, before the move is finished, drops its capture, its log rows, the
+fence if there is one, and the rows it copied to the target: the source is as it
+was. A writer that commits while the move runs is never missed: its log row
+commits with its rows, and every log row is applied before it is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.db import DatabaseError, connections, router, transaction
+from django.db.backends.utils import truncate_name
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
+
+from dbfleet import vendors
+from dbfleet.analytics import capture
+from dbfleet.conf import get_topology
+from dbfleet.moving.copy import (
+    CopyReport,
+    Model,
+    Progress,
+    check_copied,
+    chosen,
+    copy_planned,
+    ensure_checkpoints,
+    forget_checkpoint,
+    in_dependency_order,
+    planned,
+    reset_sequences,
+)
+from dbfleet.moving.verify import VerifyReport, comparable, verify_models
+from dbfleet.transactions.guard import unguarded
+from dbfleet.values import canonical
+from dbfleet.vendors.base import FINISHED, MOVES, RELOAD
+
+COPYING, FOLLOWING, FINISHING = "copying", "following", "finishing"
+#: Keys read from the source, or written to the target, with one statement.
+CHUNK = 500
+#: Catch-ups of one run before it settles for a comparison of a source still written.
+ROUNDS = 20
+
+
+@dataclass
+class Move:
+    """Models moving from one database to another, as ``dbfleet_move`` records them."""
+
+    source: str
+    target: str
+    #: In dependency order (the models a foreign key points to first).
+    models: list[Model]
+    phase: str
+    #: When it began (Unix seconds).
+    started: float
+    #: The source's renamed tables (a finished move), by model label.
+    backups: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [model._meta.label for model in self.models]
+
+    def named(self) -> str:
+        """The move's models as the command line names them (their own many-to-many
+        tables go with them)."""
+        return " ".join(model._meta.label for model in self.models if not model._meta.auto_created)
+
+
+@dataclass
+class MoveReport:
+    move: Move
+    copy: CopyReport | None = None
+    #: Changes applied by catch-ups in this run.
+    applied: int = 0
+    #: The last comparison, and the changes still logged when it ended (keys changing).
+    verify: VerifyReport | None = None
+    changing: int = 0
+    #: Changes not applied yet, and the age of the oldest in seconds.
+    backlog: int = 0
+    lag: float | None = None
+
+
+def ensure_moves(alias: str) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {MOVES} (model VARCHAR(200) NOT NULL PRIMARY KEY, "
+            "target VARCHAR(200) NOT NULL, phase VARCHAR(20) NOT NULL, "
+            "started DOUBLE PRECISION NOT NULL, backup VARCHAR(200))"
+        )
+
+
+def recorded(alias: str) -> list[Move]:
+    """The moves from ``alias``, finished ones included."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if MOVES not in connection.introspection.table_names(cursor):
+            return []
+        cursor.execute(f"SELECT model, target, phase, started, backup FROM {MOVES}")
+        rows = cursor.fetchall()
+    grouped: dict[tuple[str, float], Move] = {}
+    for label, target, phase, started, backup in rows:
+        try:
+            model = chosen([label], by_key=False)[0]
+        except CommandError:  # An app since removed.
+            continue
+        # One move: its models were recorded together, with one start.
+        move = grouped.setdefault(
+            (str(target), float(started)),
+            Move(alias, str(target), [], str(phase), float(started)),
+        )
+        move.models.append(model)
+        if backup:
+            move.backups[model._meta.label] = str(backup)
+    for move in grouped.values():
+        move.models = in_dependency_order(move.models)
+    return sorted(grouped.values(), key=lambda move: (move.started, move.target))
+
+
+def sources() -> list[str]:
+    """The databases a move can be from: primaries whose triggers capture changes."""
+    topology = get_topology()
+    return [
+        alias
+        for alias in connections
+        if not topology.is_replica(alias) and vendors.of(connections[alias]).captures_changes
+    ]
+
+
+@dataclass(frozen=True)
+class MoveStatus:
+    """A move as ``fleet status`` shows it."""
+
+    models: list[str]
+    #: Every model of the move, its many-to-many tables too.
+    labels: list[str]
+    source: str
+    target: str
+    phase: str
+    started: float
+    #: Changes logged and not applied yet, and the age of the oldest (seconds); None when
+    #: finished.
+    backlog: int | None
+    lag: float | None
+    #: A finished move's renamed tables on the source, by model label.
+    backups: dict[str, str]
+
+
+def move_status(only: Sequence[str] = ()) -> list[MoveStatus]:
+    """Every move recorded on the databases ``only`` names (or all) that can be read."""
+    found = []
+    for alias in sources():
+        if only and alias not in only:
+            continue
+        try:
+            moves = recorded(alias)
+            counts = [None if move.phase == FINISHED else backlog(move) for move in moves]
+        except DatabaseError:  # Unreachable: fleet status says so already.
+            continue
+        for move, count in zip(moves, counts, strict=True):
+            found.append(
+                MoveStatus(
+                    move.named().split(),
+                    move.labels,
+                    move.source,
+                    move.target,
+                    move.phase,
+                    move.started,
+                    None if count is None else count[0],
+                    None if count is None else count[1],
+                    move.backups,
+                )  # fmt: skip
+            )
+    return found
+
+
+def in_progress(labels: Sequence[str] = ()) -> list[Move]:
+    """The moves not finished, every one or those of the models ``labels`` name."""
+    wanted = set(chosen(labels, by_key=False)) if labels else None
+    found = [
+        move
+        for alias in sources()
+        for move in recorded(alias)
+        if move.phase != FINISHED and (wanted is None or wanted & set(move.models))
+    ]
+    if not found:
+        raise CommandError(
+            "No move is in progress"
+            + (f" of {' '.join(labels)}" if labels else "")
+            + ": start one with `manage.py fleet move MODEL… --to ALIAS`."
+        )
+    return found
+
+
+@contextlib.contextmanager
+def exclusive(source: str, target: str) -> Iterator[None]:
+    """Hold the lock of the moves from ``source`` to ``target``: one command at a time
+    catches up, finishes or aborts them (two catch-ups could apply an older snapshot last)."""
+    connection = connections[source]
+    vendor, name = vendors.of(connection), f"dbfleet-move-{target}"
+    if not vendor.try_session_lock(connection, name):
+        raise CommandError(
+            f"Another fleet move of the models moving from {source!r} to {target!r} is "
+            "running (a --follow, say): stop it, then run this again."
+        )
+    try:
+        yield
+    finally:
+        vendor.release_session_lock(connection, name)
+
+
+def _set_phase(move: Move, phase: str, backups: dict[str, str] | None = None) -> None:
+    with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
+        for model in move.models:
+            cursor.execute(
+                f"UPDATE {MOVES} SET phase = %s, backup = %s WHERE model = %s",
+                [phase, (backups or {}).get(model._meta.label), model._meta.label],
+            )
+    move.phase = phase
+
+
+def _capture_anew(alias: str) -> None:
+    """Triggers on ``alias`` for what is synced or moving now; dropped from the rest."""
+    capture.install(connections[alias], capture.sources_on(alias))
+
+
+def start(
+    labels: Sequence[str],
+    to: str,
+    source: str | None = None,
+    *,
+    batch_size: int,
+    progress: Progress,
+) -> MoveReport:
+    """Begin (or go on with) moving the models ``labels`` name to ``to``: copy, catch up,
+    compare. CommandError, before anything is written, for a move that cannot be made."""
+    picked = chosen(labels)
+    froms = {source or router.db_for_write(model) for model in picked}
+    if len(froms) > 1:
+        raise CommandError(
+            f"The models named are on {', '.join(sorted(froms))}: move the models of one "
+            "database at a time (or name the database to read with --from)."
+        )
+    (origin,) = froms
+    if origin not in sources():
+        raise CommandError(
+            f"{origin!r} cannot log its changes (fleet move needs the triggers of PostgreSQL, "
+            "MariaDB/MySQL or SQLite on a primary): stop writes, then use fleet copy."
+        )
+    comparable(picked, origin, to)
+    going = {
+        model: move for move in recorded(origin) if move.phase != FINISHED for model in move.models
+    }
+    move: Move | None = None
+    for model in picked:
+        if model in going:
+            move = going[model]
+            if move.target != to or set(move.models) != set(picked):
+                raise CommandError(
+                    f"{model._meta.label} is in a move from {origin!r} to {move.target!r} "
+                    f"already, of {move.named()}: go on with `manage.py fleet move "
+                    f"{move.named()} --to {move.target}`, or end it with --finish or --abort."
+                )
+    if move is not None and move.phase == FINISHING:
+        raise CommandError(
+            f"The move of {move.named()} is finishing (the source is fenced): run "
+            f"`manage.py fleet move {move.named()} --finish` again, or --abort."
+        )
+    report = MoveReport(move or Move(origin, to, [], COPYING, time.time()))
+    with exclusive(origin, to):
+        _start(report, move, labels, batch_size, progress)
+    return report
+
+
+def _start(
+    report: MoveReport,
+    move: Move | None,
+    labels: Sequence[str],
+    batch_size: int,
+    progress: Progress,
+) -> None:
+    origin, to = report.move.source, report.move.target
+    if move is None or move.phase == COPYING:
+        if move is not None:
+            # A copy that stopped: its rows are of another snapshot than the next one's,
+            # and may not agree with them (a unique pair moved to another key, say).
+            _empty(to, move.models, origin)
+        ordered, froms_of = planned(
+            labels, to, origin, resume=False, replace=False,
+            create=lambda missing: _create_tables(missing, origin, to),
+        )  # fmt: skip
+        report.move.models = list(ordered)
+        if move is None:
+            _record(report.move)
+        # Capture first (again, after a start that stopped before it was in place): what
+        # the log holds of the move already is older than the copy, which reads every row.
+        _capture_anew(origin)
+        for model in report.move.models:
+            capture.drain(connections[origin], capture.move_label(model, to))
+        # Every row as of one moment: the copied rows agree with each other (foreign and
+        # unique keys), and the changes logged since then make the rest.
+        # Each batch commits on the target while this transaction is open: as meant.
+        with transaction.atomic(using=origin), unguarded():
+            vendors.of(connections[origin]).read_one_snapshot(connections[origin])
+            report.copy = copy_planned(
+                ordered, froms_of, to, resume=False, replace=False, batch_size=batch_size,
+                progress=progress,
+            )  # fmt: skip
+        _set_phase(report.move, FOLLOWING)
+    follow(report, ROUNDS)
+
+
+def _create_tables(models: Sequence[Model], source: str, to: str) -> None:
+    """Make the tables of ``models`` on ``to`` as their migrations do, and record there the
+    migrations that made them on ``source`` (with those they depend on), as ``migrate``
+    records every app's, making only what is routed there: once the routes send the models
+    to ``to``, it finds them as its records say."""
+    loader = MigrationLoader(connections[source])
+    applied = set(loader.applied_migrations or {})
+    apps_of = {model._meta.app_label for model in models}
+    if pending := sorted(
+        f"{app}.{name}" for app, name in loader.graph.leaf_nodes() if app in apps_of
+        and (app, name) not in applied
+    ):  # fmt: skip
+        raise CommandError(
+            f"Nothing was copied: {', '.join(pending)} is not applied on {source!r}: the "
+            f"tables made on {to!r} would not be those of the rows. Migrate {source!r} first."
+        )
+    needed = {
+        node
+        for leaf in loader.graph.leaf_nodes()
+        if leaf[0] in apps_of
+        for node in loader.graph.forwards_plan(leaf)
+        if node in applied
+    }
+    recorder = MigrationRecorder(connections[to])
+    for app, name in sorted(needed - set(recorder.applied_migrations())):
+        recorder.record_applied(app, name)
+    with connections[to].schema_editor() as editor:
+        for model in models:
+            if not model._meta.auto_created:  # Made with the model that has it.
+                editor.create_model(model)
+
+
+def _record(move: Move) -> None:
+    """Record the move, forgetting finished moves of its models."""
+    ensure_moves(move.source)
+    with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
+        for model in move.models:
+            cursor.execute(f"DELETE FROM {MOVES} WHERE model = %s", [model._meta.label])
+            cursor.execute(
+                f"INSERT INTO {MOVES} (model, target, phase, started) VALUES (%s, %s, %s, %s)",
+                [model._meta.label, move.target, COPYING, move.started],
+            )
+
+
+def follow(report: MoveReport, rounds: int) -> None:
+    """Catch up until nothing is left (at most ``rounds`` times), then compare."""
+    for _ in range(rounds):
+        applied = len(catch_up(report.move))
+        report.applied += applied
+        if not applied:
+            break
+    check(report)
+
+
+def check(report: MoveReport, *, exact: bool = False) -> None:
+    """Compare both sides; a difference is allowed only for a key with a change logged
+    after it (and not ``exact``). CommandError for any other."""
+    move = report.move
+    compared = verify_models(move.labels, move.source, move.target, by_pk=True, shown=None)
+    keys = _logged(move)
+    report.verify, report.changing = compared, 0
+    unexplained = []
+    for result in compared.models:
+        label = result.model
+        differing = {*result.missing, *result.extra, *(d.key for d in result.different)}
+        pending = keys.get(label, set())
+        if exact or RELOAD in pending or not differing <= pending:
+            unexplained += [f"{label} {key}" for key in sorted(differing - pending, key=str)]
+        report.changing += len(differing & pending)
+    report.backlog, report.lag = backlog(move)
+    if unexplained:
+        shown = ", ".join(unexplained[:20]) + (" …" if len(unexplained) > 20 else "")
+        raise CommandError(
+            f"The rows of {len(unexplained)} keys differ between {move.source!r} and "
+            f"{move.target!r} with no change logged to explain it: {shown}. See them with "
+            f"`manage.py fleet verify {move.named()} --between {move.source} {move.target}`; "
+            f"a row written to {move.target!r} by the application or by hand does this. "
+            "Make the rows agree, then run the command again (`fleet move --abort`, while "
+            "the routes send the models to the source, empties the target's tables)."
+        )
+
+
+def _logged(move: Move) -> dict[str, set[Any]]:
+    """Each model's label -> the keys with a change logged and not applied (``R``: all)."""
+    connection = connections[move.source]
+    found: dict[str, set[Any]] = {}
+    for model in move.models:
+        keys = found.setdefault(model._meta.label, set())
+        for change in capture.pending(connection, capture.move_label(model, move.target), 10**9):
+            keys.add(RELOAD if change.op == RELOAD else canonical(_key(model, change.pk)))
+    return found
+
+
+def _key(model: Model, text: str | None) -> Any:
+    return model._meta.pk.to_python(text)
+
+
+def backlog(move: Move) -> tuple[int, float | None]:
+    """(changes logged and not applied, the age of the oldest in seconds)."""
+    count, oldest = 0, None
+    for model in move.models:
+        more, at = capture.backlog(connections[move.source], capture.move_label(model, move.target))
+        count += more
+        if at is not None:
+            oldest = at if oldest is None else min(oldest, at)
+    return count, None if oldest is None else max(time.time() - oldest, 0.0)
+
+
+def catch_up(move: Move) -> list[capture.Change]:
+    """Apply the changes logged for ``move``: the rows they name, as one snapshot of the
+    source has them, written to the target in one transaction; then deleted from the log.
+    Returns them."""
+    source, target = connections[move.source], connections[move.target]
+    # Off for the session where the engine allows it (MariaDB/MySQL, SQLite); PostgreSQL
+    # checks at the commit, when the rows of one snapshot agree with each other again.
+    disabled = target.disable_constraint_checking()
+    try:
+        with transaction.atomic(using=move.source):
+            vendors.of(source).read_one_snapshot(source)
+            logged = {
+                model: capture.pending(source, capture.move_label(model, move.target), 10**9)
+                for model in move.models
+            }
+            every = [change for changes in logged.values() for change in changes]
+            if every:
+                rows = {model: _rows(model, move, changes) for model, changes in logged.items()}
+                with transaction.atomic(using=move.target):
+                    # Rows gone first, then changed, then new: a unique value that went from
+                    # one row to another is free when the second gets it (two rows that
+                    # swapped one are deleted and written again: see _rewritten).
+                    for model in reversed(move.models):
+                        there, gone = rows[model][0], rows[model][2]
+                        for start in range(0, len(gone), CHUNK):
+                            there.filter(pk__in=gone[start : start + CHUNK])._raw_delete(
+                                move.target
+                            )
+                    for model in move.models:
+                        _write(model, move, rows[model][0], rows[model][1])
+    finally:
+        if disabled:
+            target.enable_constraint_checking()
+    if every:
+        capture.consume(source, every)
+        # Past the ids copied: a process already on the new routes does not take one.
+        reset_sequences(move.models, move.target)
+    return every
+
+
+def _rows(
+    model: Model, move: Move, changes: Sequence[capture.Change]
+) -> tuple[Any, dict[Any, tuple[Any, ...]], list[Any]]:
+    """(the target's manager, the source's rows of the changed keys, the changed keys to
+    delete on the target: gone from the source, or all, where they are rewritten)."""
+    there = model._base_manager.using(move.target)
+    here = model._base_manager.using(move.source)
+    if any(change.op == RELOAD for change in changes):  # Every row may have changed.
+        keys = {*here.values_list("pk", flat=True), *there.values_list("pk", flat=True)}
+    else:
+        keys = {_key(model, change.pk) for change in changes}
+    attnames = [field.attname for field in model._meta.local_concrete_fields]
+    rows: dict[Any, tuple[Any, ...]] = {}
+    present: set[Any] = set()
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), CHUNK):
+        chunk = ordered[start : start + CHUNK]
+        rows |= {row[0]: row[1:] for row in here.filter(pk__in=chunk).values_list("pk", *attnames)}
+        present |= set(there.filter(pk__in=chunk).values_list("pk", flat=True))
+    if _rewritten(model):
+        return there, rows, [key for key in ordered if key in present]
+    return there, rows, [key for key in ordered if key not in rows and key in present]
+
+
+def _rewritten(model: Model) -> bool:
+    """Whether ``model``'s changed rows are deleted and inserted again, not updated: where it
+    has unique values besides its key (two rows may have swapped one: no order of updates
+    does that) and nothing points to its rows (nothing a delete could cascade to)."""
+    meta = model._meta
+    unique = (
+        any(field.unique and not field.primary_key for field in meta.local_concrete_fields)
+        or meta.unique_together
+        or meta.total_unique_constraints
+    )
+    return bool(unique) and not meta.related_objects
+
+
+def _write(model: Model, move: Move, there: Any, rows: dict[Any, tuple[Any, ...]]) -> None:
+    """Write ``rows`` (key -> values) of ``model`` to the target: updated where it has the
+    key, inserted where it has not."""
+    meta = model._meta
+    fields = list(meta.local_concrete_fields)
+    attnames = [field.attname for field in fields]
+    target = connections[move.target]
+    present = set()
+    keys = sorted(rows)
+    for start in range(0, len(keys), CHUNK):
+        present |= set(
+            there.filter(pk__in=keys[start : start + CHUNK]).values_list("pk", flat=True)
+        )
+    new = []
+    for key in keys:
+        if key in present:
+            there.filter(pk=key).update(**dict(zip(attnames, rows[key], strict=True)))
+        else:
+            new.append(
+                [
+                    field.get_db_prep_save(value, connection=target)
+                    for field, value in zip(fields, rows[key], strict=True)
+                ]
+            )
+    for start in range(0, len(new), CHUNK):
+        vendors.of(target).write_rows(
+            target,
+            meta.db_table,
+            [str(field.column) for field in fields],
+            new[start : start + CHUNK],
+        )
+
+
+def finish(labels: Sequence[str] = ()) -> list[MoveReport]:
+    """Fence each move's source, apply its last changes, compare, keep its tables as a
+    backup; the settings must route its models to the target already."""
+    reports = []
+    for move in in_progress(labels):
+        routes = {
+            model._meta.label: router.db_for_write(model)
+            for model in move.models
+            if not model._meta.auto_created
+        }
+        if stale := {label: alias for label, alias in routes.items() if alias != move.target}:
+            raise CommandError(
+                "Nothing was changed: "
+                + ", ".join(f"{label} is routed to {alias!r}" for label, alias in stale.items())
+                + f". Change ROUTES to send them to {move.target!r}, then run "
+                "`manage.py fleet move --finish` with those settings, before their processes "
+                "take writes."
+            )
+        if move.phase == COPYING:
+            raise CommandError(
+                f"Nothing was changed: the copy of {move.named()} to {move.target!r} has "
+                f"not ended. Run `manage.py fleet move {move.named()} --to {move.target}` "
+                "first (it copies them again, from the start)."
+            )
+        with exclusive(move.source, move.target):
+            reports.append(_finish(move))
+    return reports
+
+
+def _finish(move: Move) -> MoveReport:
+    source = connections[move.source]
+    report = MoveReport(move)
+    tables = set(source.introspection.table_names())
+    if not move.backups:
+        message = f"dbfleet: {{table}} moved to {move.target}; its model is routed there now"
+        with transaction.atomic(using=move.source):
+            vendors.of(source).lock_for_triggers(
+                source, [model._meta.db_table for model in move.models]
+            )
+            for model in move.models:
+                table = model._meta.db_table
+                vendors.of(source).fence(source, table, message.format(table=table))
+        _set_phase(move, FINISHING)
+        while applied := len(catch_up(move)):
+            report.applied += applied
+        check(report, exact=True)
+        report.copy = CopyReport(move.target)
+        check_copied(move.models, move.target, report.copy)
+        # The names first: a finish stopped while renaming goes on with them.
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        length = source.ops.max_name_length() or 200
+        move.backups = {
+            model._meta.label: truncate_name(f"{model._meta.db_table}_moved_{stamp}", length)
+            for model in move.models
+        }
+        _set_phase(move, FINISHING, move.backups)
+    with source.schema_editor() as editor:
+        for model in move.models:
+            if model._meta.db_table in tables:
+                editor.alter_db_table(model, model._meta.db_table, move.backups[model._meta.label])
+    _set_phase(move, FINISHED, move.backups)
+    _capture_anew(move.source)
+    for model in move.models:
+        capture.drain(source, capture.move_label(model, move.target))
+    return report
+
+
+def abort(labels: Sequence[str] = ()) -> list[Move]:
+    """Undo each move not finished: its capture, log and fence on the source, its rows on
+    the target. Refused while the routes send its models to the target."""
+    moves = in_progress(labels)
+    for move in moves:
+        if move.backups:
+            raise CommandError(
+                f"Nothing was changed: the move of {move.named()} was renaming the tables on "
+                f"{move.source!r} (to {', '.join(move.backups.values())}): end it with "
+                "`manage.py fleet move --finish`."
+            )
+        there = [
+            model._meta.label
+            for model in move.models
+            if not model._meta.auto_created and router.db_for_write(model) == move.target
+        ]
+        if there:
+            raise CommandError(
+                f"Nothing was changed: the routes send {', '.join(there)} to {move.target!r}, "
+                f"and --abort empties its tables there. If processes with these routes have "
+                f"written there, move those rows back first; else route them to "
+                f"{move.source!r} again and run --abort again."
+            )
+    for move in moves:
+        with exclusive(move.source, move.target):
+            _empty(move.target, move.models, move.source)
+            source = connections[move.source]
+            # The move forgotten and its triggers dropped in one transaction where DDL is
+            # transactional: a kill leaves both, and --abort can be run again.
+            together = source.features.can_rollback_ddl
+            with transaction.atomic(using=move.source) if together else contextlib.nullcontext():
+                for model in move.models:
+                    vendors.of(source).unfence(source, model._meta.db_table)
+                with source.cursor() as cursor:
+                    for model in move.models:
+                        cursor.execute(f"DELETE FROM {MOVES} WHERE model = %s", [model._meta.label])
+                _capture_anew(move.source)
+            for model in move.models:
+                capture.drain(source, capture.move_label(model, move.target))
+    return moves
+
+
+def _empty(alias: str, models: Iterable[Model], source: str) -> None:
+    """Delete the rows (and the copy's checkpoints) of ``models`` on ``alias``."""
+    ensure_checkpoints(alias)
+    with connections[alias].constraint_checks_disabled(), transaction.atomic(using=alias):
+        for model in reversed(list(models)):
+            model._base_manager.using(alias).all()._raw_delete(alias)
+            forget_checkpoint(alias, model, source)
