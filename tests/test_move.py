@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +31,10 @@ from dbfleet import vendors
 from dbfleet.analytics import capture
 from dbfleet.moving import move
 from dbfleet.vendors.base import CHANGES, MOVES
+from tests.children import django_child
 from tests.moving.models import Item, Maker, Tag
 from tests.settings import ENGINES
-from tests.test_moving import PAIRS, delete_all, empty, fill, tables  # noqa: F401
+from tests.test_moving import DEADLINE, PAIRS, delete_all, empty, fill, tables  # noqa: F401
 from tests.threads import Threads
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
@@ -187,7 +189,15 @@ def test_a_move_with_a_writer_running_throughout_loses_nothing(source: str, targ
     assert writer.writes >= 16, writer.refused
     assert held(target) == writer.items
     assert "moving_item" not in tables_on(source)
-    assert [t for t in tables_on(source) if t.startswith("moving_item_moved_")]
+    (backup,) = [t for t in tables_on(source) if t.startswith("moving_item_moved_")]
+    # The fence stays on the backup: a write there is refused with the reason.
+    connection = connections[source]
+    with (
+        pytest.raises(DatabaseError, match=f"moving_item moved to {target}"),
+        transaction.atomic(using=source),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(f"DELETE FROM {connection.ops.quote_name(backup)}")
     assert capture.moving_from(connections[source]) == []
     assert not vendors.of(connections[source]).captured_tables(connections[source])
 
@@ -372,3 +382,76 @@ def test_the_tables_the_target_lacks_are_made_and_their_migrations_recorded() ->
     with routed("loans"):
         fleet_move("--finish")
         assert Item.objects.count() == 10
+
+
+@pytest.mark.skipif(
+    "sqlite" in (ENGINES["default"], ENGINES["books"]),
+    reason="an in-memory test database cannot be shared with another process",
+)
+@pytest.mark.timeout(300)
+def test_a_move_killed_at_random_moments_and_run_again_loses_nothing() -> None:
+    fill("default", items=400)
+    writer = Writer("default", seed=7)
+    chance = random.Random(time.time())
+    databases = {alias: connections[alias].settings_dict for alias in ("default", "books", "loans")}
+    kills = 0
+    stop = threading.Event()
+    with Threads([lambda: writer.run(stop)]):
+        try:
+            for _ in range(10):
+                child = django_child(
+                    "tests.moving.child_settings", databases,
+                    "fleet", "move", "moving", "--to", "books", "--batch-size", "20", "-v", "2",
+                )  # fmt: skip
+                assert child.stdout is not None
+                timer = threading.Timer(DEADLINE, child.kill)
+                timer.start()
+                try:
+                    # Killed after a random number of the copy's batches, a moment later.
+                    lines = chance.randint(1, 40) if kills < 3 else 0
+                    output = ""
+                    for line in child.stdout if lines else ():
+                        output += line
+                        lines -= "rows" in line
+                        if lines == 0:
+                            time.sleep(chance.uniform(0, 0.05))
+                            child.send_signal(signal.SIGKILL)
+                            break
+                    output += child.stdout.read()
+                    child.wait(DEADLINE)
+                finally:
+                    timer.cancel()
+                if child.returncode == -signal.SIGKILL:
+                    kills += 1
+                    continue
+                assert child.returncode == 0, output
+                break
+            writer.wait_for(5)
+            with routed("books"):
+                move.finish()
+        finally:
+            stop.set()
+    assert kills == 3
+    assert held("books") == writer.items
+
+
+def test_an_abort_stopped_half_way_is_ended_by_running_it_again() -> None:
+    fill("default", items=10)
+    fleet_move("moving", "--to", "books")
+    (one,) = move.in_progress()
+    move._set_phase(one, "aborted")  # As an abort killed after its first step.
+    with pytest.raises(CommandError, match="is being aborted: run `manage.py fleet move --abort`"):
+        fleet_move("moving", "--to", "books")
+    with routed("books"), pytest.raises(CommandError, match="is being aborted"):
+        fleet_move("--finish")
+    fleet_move("--abort")
+    assert not Item.objects.using("books").exists()
+    assert move.move_status() == []
+
+
+def test_a_missing_many_to_many_table_alone_is_made() -> None:
+    fill("default", items=10)
+    with connections["loans"].schema_editor() as editor:
+        editor.delete_model(Through)
+    fleet_move("moving", "--to", "loans")
+    assert Through.objects.using("loans").count() == Through.objects.using("default").count() > 0

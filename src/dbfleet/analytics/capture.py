@@ -38,7 +38,7 @@ from django.db.models import Model
 
 from dbfleet import vendors
 from dbfleet.analytics.spec import copies_by_source
-from dbfleet.vendors.base import CHANGES, FINISHED, MOVES, RELOAD
+from dbfleet.vendors.base import ABORTED, CHANGES, FINISHED, MOVES, RELOAD
 
 #: Log rows deleted by one statement (SQLite's limit on parameters is far above it).
 DELETE_CHUNK = 500
@@ -80,11 +80,14 @@ def sources_on(alias: str) -> dict[type[Model], list[str]]:
 
 
 def moving_from(connection: BaseDatabaseWrapper) -> list[tuple[type[Model], str]]:
-    """The models with a move from this database that is not finished, and where to."""
+    """The models with a move from this database that is neither finished nor being
+    aborted, and where to."""
     with connection.cursor() as cursor:
         if MOVES not in connection.introspection.table_names(cursor):
             return []
-        cursor.execute(f"SELECT model, target FROM {MOVES} WHERE phase <> %s", [FINISHED])
+        cursor.execute(
+            f"SELECT model, target FROM {MOVES} WHERE phase NOT IN (%s, %s)", [FINISHED, ABORTED]
+        )
         rows = cursor.fetchall()
     found = []
     for label, target in rows:

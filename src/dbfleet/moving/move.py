@@ -61,7 +61,7 @@ from dbfleet.moving.copy import (
 from dbfleet.moving.verify import VerifyReport, comparable, verify_models
 from dbfleet.transactions.guard import unguarded
 from dbfleet.values import canonical
-from dbfleet.vendors.base import FINISHED, MOVES, RELOAD
+from dbfleet.vendors.base import ABORTED, FINISHED, MOVES, RELOAD
 
 COPYING, FOLLOWING, FINISHING = "copying", "following", "finishing"
 #: Keys read from the source, or written to the target, with one statement.
@@ -286,8 +286,14 @@ def start(
                 raise CommandError(
                     f"{model._meta.label} is in a move from {origin!r} to {move.target!r} "
                     f"already, of {move.named()}: go on with `manage.py fleet move "
-                    f"{move.named()} --to {move.target}`, or end it with --finish or --abort."
+                    f"{move.named()} --from {origin} --to {move.target}`, or end it with "
+                    "--finish or --abort."
                 )
+    if move is not None and move.phase == ABORTED:
+        raise CommandError(
+            f"The move of {move.named()} is being aborted: run `manage.py fleet move --abort` "
+            "again to end that, then start a new one."
+        )
     if move is not None and move.phase == FINISHING:
         raise CommandError(
             f"The move of {move.named()} is finishing (the source is fenced): run "
@@ -308,6 +314,16 @@ def _start(
 ) -> None:
     origin, to = report.move.source, report.move.target
     if move is None or move.phase == COPYING:
+        if move is not None and any(
+            router.db_for_write(model) == to
+            for model in move.models
+            if not model._meta.auto_created
+        ):
+            raise CommandError(
+                f"Nothing was changed: the copy of {move.named()} to {to!r} had not ended, and "
+                f"the routes send them to {to!r} already: a new copy would delete what was "
+                f"written there since. Route them to {origin!r} again, then run this again."
+            )
         if move is not None:
             # A copy that stopped: its rows are of another snapshot than the next one's,
             # and may not agree with them (a unique pair moved to another key, say).
@@ -360,13 +376,23 @@ def _create_tables(models: Sequence[Model], source: str, to: str) -> None:
         for node in loader.graph.forwards_plan(leaf)
         if node in applied
     }
+    # A squashed migration counts as applied where the ones it replaces are recorded.
+    needed |= {
+        replaced
+        for node in needed
+        for replaced in getattr(loader.disk_migrations.get(node), "replaces", ())
+    }
     recorder = MigrationRecorder(connections[to])
-    for app, name in sorted(needed - set(recorder.applied_migrations())):
-        recorder.record_applied(app, name)
+    recorder.ensure_schema()
+    recorded_there = set(recorder.applied_migrations())
+    # The tables and their records together, where DDL is transactional.
     with connections[to].schema_editor() as editor:
         for model in models:
-            if not model._meta.auto_created:  # Made with the model that has it.
+            owner: Any = model._meta.auto_created  # The model of a many-to-many table.
+            if not (owner and owner in models):  # Else made with the model that has it.
                 editor.create_model(model)
+        for app, name in sorted(needed - recorded_there):
+            recorder.record_applied(app, name)
 
 
 def _record(move: Move) -> None:
@@ -403,9 +429,12 @@ def check(report: MoveReport, *, exact: bool = False) -> None:
         label = result.model
         differing = {*result.missing, *result.extra, *(d.key for d in result.different)}
         pending = keys.get(label, set())
-        if exact or RELOAD in pending or not differing <= pending:
-            unexplained += [f"{label} {key}" for key in sorted(differing - pending, key=str)]
-        report.changing += len(differing & pending)
+        if exact:
+            unexplained_here = differing
+        else:  # A change logged of every row (R) explains any difference.
+            unexplained_here = set() if RELOAD in pending else differing - pending
+        unexplained += [f"{label} {key}" for key in sorted(unexplained_here, key=str)]
+        report.changing += len(differing - unexplained_here)
     report.backlog, report.lag = backlog(move)
     if unexplained:
         shown = ", ".join(unexplained[:20]) + (" …" if len(unexplained) > 20 else "")
@@ -558,30 +587,52 @@ def _write(model: Model, move: Move, there: Any, rows: dict[Any, tuple[Any, ...]
 def finish(labels: Sequence[str] = ()) -> list[MoveReport]:
     """Fence each move's source, apply its last changes, compare, keep its tables as a
     backup; the settings must route its models to the target already."""
+    moves = in_progress(labels)
+    for move in moves:
+        _refuse_finish(move)
     reports = []
-    for move in in_progress(labels):
-        routes = {
-            model._meta.label: router.db_for_write(model)
-            for model in move.models
-            if not model._meta.auto_created
-        }
-        if stale := {label: alias for label, alias in routes.items() if alias != move.target}:
-            raise CommandError(
-                "Nothing was changed: "
-                + ", ".join(f"{label} is routed to {alias!r}" for label, alias in stale.items())
-                + f". Change ROUTES to send them to {move.target!r}, then run "
-                "`manage.py fleet move --finish` with those settings, before their processes "
-                "take writes."
-            )
-        if move.phase == COPYING:
-            raise CommandError(
-                f"Nothing was changed: the copy of {move.named()} to {move.target!r} has "
-                f"not ended. Run `manage.py fleet move {move.named()} --to {move.target}` "
-                "first (it copies them again, from the start)."
-            )
+    for move in moves:
         with exclusive(move.source, move.target):
-            reports.append(_finish(move))
+            again = _again(move)
+            if again is not None:  # Not finished or aborted meanwhile by another command.
+                _refuse_finish(again)
+                reports.append(_finish(again))
     return reports
+
+
+def _again(move: Move) -> Move | None:
+    """``move`` as its source records it now (under the lock), if still in progress."""
+    for now in recorded(move.source):
+        if now.phase not in (FINISHED, ABORTED) and set(now.models) == set(move.models):
+            return now
+    return None
+
+
+def _refuse_finish(move: Move) -> None:
+    if move.phase in (COPYING, ABORTED):
+        raise CommandError(
+            f"Nothing was changed: the move of {move.named()} to {move.target!r} is "
+            + (
+                "being aborted: run `manage.py fleet move --abort` again to end that."
+                if move.phase == ABORTED
+                else f"still copying. With the routes sending them to {move.source!r}, run "
+                f"`manage.py fleet move {move.named()} --from {move.source} --to "
+                f"{move.target}` first (it copies them again, from the start)."
+            )
+        )
+    routes = {
+        model._meta.label: router.db_for_write(model)
+        for model in move.models
+        if not model._meta.auto_created
+    }
+    if stale := {label: alias for label, alias in routes.items() if alias != move.target}:
+        raise CommandError(
+            "Nothing was changed: "
+            + ", ".join(f"{label} is routed to {alias!r}" for label, alias in stale.items())
+            + f". Change ROUTES to send them to {move.target!r}, then run "
+            "`manage.py fleet move --finish` with those settings, before their processes "
+            "take writes."
+        )
 
 
 def _finish(move: Move) -> MoveReport:
@@ -589,6 +640,7 @@ def _finish(move: Move) -> MoveReport:
     report = MoveReport(move)
     tables = set(source.introspection.table_names())
     if not move.backups:
+        _set_phase(move, FINISHING)  # Before the fence: a kill then leaves a move finishing.
         message = f"dbfleet: {{table}} moved to {move.target}; its model is routed there now"
         with transaction.atomic(using=move.source):
             vendors.of(source).lock_for_triggers(
@@ -597,7 +649,6 @@ def _finish(move: Move) -> MoveReport:
             for model in move.models:
                 table = model._meta.db_table
                 vendors.of(source).fence(source, table, message.format(table=table))
-        _set_phase(move, FINISHING)
         while applied := len(catch_up(move)):
             report.applied += applied
         check(report, exact=True)
@@ -627,41 +678,54 @@ def abort(labels: Sequence[str] = ()) -> list[Move]:
     the target. Refused while the routes send its models to the target."""
     moves = in_progress(labels)
     for move in moves:
-        if move.backups:
-            raise CommandError(
-                f"Nothing was changed: the move of {move.named()} was renaming the tables on "
-                f"{move.source!r} (to {', '.join(move.backups.values())}): end it with "
-                "`manage.py fleet move --finish`."
-            )
-        there = [
-            model._meta.label
-            for model in move.models
-            if not model._meta.auto_created and router.db_for_write(model) == move.target
-        ]
-        if there:
-            raise CommandError(
-                f"Nothing was changed: the routes send {', '.join(there)} to {move.target!r}, "
-                f"and --abort empties its tables there. If processes with these routes have "
-                f"written there, move those rows back first; else route them to "
-                f"{move.source!r} again and run --abort again."
-            )
+        _refuse_abort(move)
+    undone = []
     for move in moves:
         with exclusive(move.source, move.target):
-            _empty(move.target, move.models, move.source)
-            source = connections[move.source]
-            # The move forgotten and its triggers dropped in one transaction where DDL is
-            # transactional: a kill leaves both, and --abort can be run again.
-            together = source.features.can_rollback_ddl
-            with transaction.atomic(using=move.source) if together else contextlib.nullcontext():
-                for model in move.models:
-                    vendors.of(source).unfence(source, model._meta.db_table)
-                with source.cursor() as cursor:
-                    for model in move.models:
-                        cursor.execute(f"DELETE FROM {MOVES} WHERE model = %s", [model._meta.label])
-                _capture_anew(move.source)
-            for model in move.models:
-                capture.drain(source, capture.move_label(model, move.target))
-    return moves
+            again = _again(move) or next(
+                (now for now in recorded(move.source) if now.phase == ABORTED), None
+            )
+            if again is None:  # Finished or aborted meanwhile by another command.
+                continue
+            _refuse_abort(again)
+            _abort(again)
+            undone.append(again)
+    return undone
+
+
+def _refuse_abort(move: Move) -> None:
+    if move.backups:
+        raise CommandError(
+            f"Nothing was changed: the move of {move.named()} was renaming the tables on "
+            f"{move.source!r} (to {', '.join(move.backups.values())}): end it with "
+            "`manage.py fleet move --finish`."
+        )
+    if there := [
+        model._meta.label
+        for model in move.models
+        if not model._meta.auto_created and router.db_for_write(model) == move.target
+    ]:
+        raise CommandError(
+            f"Nothing was changed: the routes send {', '.join(there)} to {move.target!r}, "
+            f"and --abort empties its tables there. If processes with these routes have "
+            f"written there, move those rows back first; else route them to "
+            f"{move.source!r} again and run --abort again."
+        )
+
+
+def _abort(move: Move) -> None:
+    """Each step undone in an order a rerun can go on from: the move marked aborted (its
+    triggers go, as for no move), the fence, the target's rows, then its record."""
+    source = connections[move.source]
+    _set_phase(move, ABORTED)
+    _capture_anew(move.source)
+    for model in move.models:
+        capture.drain(source, capture.move_label(model, move.target))
+        vendors.of(source).unfence(source, model._meta.db_table)
+    _empty(move.target, move.models, move.source)
+    with transaction.atomic(using=move.source), source.cursor() as cursor:
+        for model in move.models:
+            cursor.execute(f"DELETE FROM {MOVES} WHERE model = %s", [model._meta.label])
 
 
 def _empty(alias: str, models: Iterable[Model], source: str) -> None:

@@ -27,6 +27,8 @@ CAPTURE_PREFIX = "dbfleet_capture_"
 MOVES = "dbfleet_move"
 #: The phase of a move whose source no longer takes writes, and is no longer captured.
 FINISHED = "finished"
+#: The phase of a move being undone (``fleet move --abort``): no longer captured either.
+ABORTED = "aborted"
 #: How the triggers that refuse writes to a moved model's old table are named.
 FENCE_PREFIX = "dbfleet_fence_"
 _NO_CAPTURE = (

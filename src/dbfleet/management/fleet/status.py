@@ -189,7 +189,8 @@ def write_moves(out: Out, report: FleetStatus) -> None:
         lag = f", the oldest {move.lag:.1f} s old" if move.lag is not None else ""
         named = " ".join(move.models)
         after = {
-            "copying": f"`manage.py fleet move {named} --to {move.target}` goes on copying",
+            "copying": f"`manage.py fleet move {named} --from {move.source} --to "
+            f"{move.target}` copies them again",
             "finishing": f"`manage.py fleet move {named} --finish` again ends it",
         }.get(
             move.phase,
