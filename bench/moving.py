@@ -12,7 +12,10 @@ round starting from an empty target:
 4. ``fleet copy`` into MariaDB (``move_mariadb``, when the server is there) and SQLite
    (a file): reported, one round;
 5. ``fleet verify`` of the two equal PostgreSQL tables, against reading both once: a
-   cursor's ``SELECT * ... ORDER BY id``, fetched as the driver returns it.
+   cursor's ``SELECT * ... ORDER BY id``, fetched as the driver returns it;
+6. ``fleet move`` PostgreSQL → PostgreSQL, once: its start (the copy from one snapshot, the
+   comparison), then one catch-up after an UPDATE of 5% of the rows on the source, against
+   what a user without it does to bring the target up to date: ``fleet copy --replace``.
 
 Times are per row; the ratios are of those times (``fleet copy / psql`` ≤ 2 is rows/s
 ≥ 0.5× the pipe's).
@@ -45,6 +48,9 @@ DUMP = "dumpdata | loaddata (JSON)"
 INTO_MARIADB = "fleet copy, PostgreSQL → MariaDB"
 INTO_SQLITE = "fleet copy, PostgreSQL → SQLite"
 VERIFY = "fleet verify, two equal tables"
+MOVE = "fleet move, its start (copy, compare)"
+CATCH_UP = "fleet move, a catch-up of 5% of the rows changed"
+RECOPY = "fleet copy --replace, the whole table again"
 READ = "read both tables once (a cursor, in key order)"
 
 
@@ -240,6 +246,8 @@ def run(quick: bool) -> bool:
                 started = time.perf_counter()
                 fleet_copy(alias)
                 once[name] = (time.perf_counter() - started) / rows * 1e9
+        times, catch_up = moved(rows)
+        once |= times
     finally:
         connections.close_all()
         with connect() as server:
@@ -260,9 +268,39 @@ def run(quick: bool) -> bool:
             Ratio(COPY, DUMP, at_most=0.02),
             Ratio(VERIFY, READ, at_most=2.0),
         ],
-        note=rates(samples, once, no_mariadb),
+        note=rates(samples, once, no_mariadb) + "\n" + catch_up,
     )
     return met
+
+
+def moved(rows: int) -> tuple[dict[str, float], str]:
+    """``fleet move``'s start and a catch-up of 5% of the rows, ns per row (the catch-up's
+    per changed row), and the full copy again that it saves."""
+    from dbfleet.moving import move
+    from dbfleet.moving.copy import copy_models
+
+    empty(TARGET)
+    started = time.perf_counter()
+    report = move.start(
+        ["bookshop.MoveRow"], TARGET, SOURCE, batch_size=10_000, progress=lambda copy: None
+    )
+    result = {MOVE: (time.perf_counter() - started) / rows * 1e9}
+    changed = rows // 20
+    with connections[SOURCE].cursor() as cursor:
+        cursor.execute(f"UPDATE {TABLE} SET reading = reading + 1 WHERE id % 20 = 0")
+    started = time.perf_counter()
+    if len(move.catch_up(report.move)) != changed:
+        raise RuntimeError("the catch-up did not apply one change per updated row")
+    result[CATCH_UP] = (time.perf_counter() - started) / changed * 1e9
+    move.check(report, exact=True)
+    move.abort(["bookshop.MoveRow"])
+    started = time.perf_counter()
+    copy_models(["bookshop.MoveRow"], TARGET, SOURCE, replace=True)
+    result[RECOPY] = (time.perf_counter() - started) / rows * 1e9
+    return result, (
+        f"{CATCH_UP}: {result[CATCH_UP] * changed / 1e9:.2f} s for {changed:,} changes, "
+        f"{result[CATCH_UP] * changed / (result[RECOPY] * rows):.3f}x the time of {RECOPY}"
+    )
 
 
 def rates(samples: dict[str, list[float]], once: dict[str, float], no_mariadb: str | None) -> str:

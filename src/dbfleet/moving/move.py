@@ -202,18 +202,30 @@ def move_status(only: Sequence[str] = ()) -> list[MoveStatus]:
 
 
 def in_progress(labels: Sequence[str] = ()) -> list[Move]:
-    """The moves not finished, every one or those of the models ``labels`` name."""
+    """The moves not finished, every one or those of the models ``labels`` name, on the
+    databases that answer (CommandError naming those that do not, if none is found)."""
     wanted = set(chosen(labels, by_key=False)) if labels else None
-    found = [
-        move
-        for alias in sources()
-        for move in recorded(alias)
-        if move.phase != FINISHED and (wanted is None or wanted & set(move.models))
-    ]
+    found, unreachable = [], []
+    for alias in sources():
+        try:
+            moves = recorded(alias)
+        except DatabaseError:
+            unreachable.append(alias)
+            continue
+        found += [
+            move
+            for move in moves
+            if move.phase != FINISHED and (wanted is None or wanted & set(move.models))
+        ]
     if not found:
         raise CommandError(
             "No move is in progress"
             + (f" of {' '.join(labels)}" if labels else "")
+            + (
+                f" on the databases that answer (not {', '.join(unreachable)})"
+                if unreachable
+                else ""
+            )
             + ": start one with `manage.py fleet move MODEL… --to ALIAS`."
         )
     return found
@@ -493,9 +505,9 @@ def catch_up(move: Move) -> list[capture.Change]:
             if every:
                 rows = {model: _rows(model, move, changes) for model, changes in logged.items()}
                 with transaction.atomic(using=move.target):
-                    # Rows gone first, then changed, then new: a unique value that went from
-                    # one row to another is free when the second gets it (two rows that
-                    # swapped one are deleted and written again: see _rewritten).
+                    # Rows gone (and, but where _rewritten says no, changed) first, then the
+                    # rows written: a unique value that went from one row to another, or two
+                    # rows that swapped one, are free when written.
                     for model in reversed(move.models):
                         there, gone = rows[model][0], rows[model][2]
                         for start in range(0, len(gone), CHUNK):
@@ -539,16 +551,14 @@ def _rows(
 
 
 def _rewritten(model: Model) -> bool:
-    """Whether ``model``'s changed rows are deleted and inserted again, not updated: where it
-    has unique values besides its key (two rows may have swapped one: no order of updates
-    does that) and nothing points to its rows (nothing a delete could cascade to)."""
-    meta = model._meta
-    unique = (
-        any(field.unique and not field.primary_key for field in meta.local_concrete_fields)
-        or meta.unique_together
-        or meta.total_unique_constraints
+    """Whether ``model``'s changed rows are deleted and inserted again, a chunk at a time
+    (foreign keys are not checked meanwhile), rather than updated one by one: unless a
+    relation to it acts in the database when a row is deleted (Django's ``DB_CASCADE``
+    and its kin), which the delete would set off."""
+    return not any(
+        getattr(relation.on_delete, "__name__", "").startswith("DB_")
+        for relation in model._meta.related_objects
     )
-    return bool(unique) and not meta.related_objects
 
 
 def _write(model: Model, move: Move, there: Any, rows: dict[Any, tuple[Any, ...]]) -> None:
