@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASES_VARIABLE = "DBFLEET_CHILD_DATABASES"
+T = TypeVar("T")
 
 
 def django_child(settings: str, databases: dict[str, Any], *args: str) -> subprocess.Popen[str]:
@@ -35,3 +41,45 @@ def django_child(settings: str, databases: dict[str, Any], *args: str) -> subpro
             "PYTHONUNBUFFERED": "1",
         },
     )
+
+
+def killed_and_run_again(
+    start: Callable[[], subprocess.Popen[str]],
+    after_kill: Callable[[], T],
+    *,
+    lines: tuple[int, int],
+    pause: float,
+    deadline: float,
+    kills: int = 3,
+) -> list[T]:
+    """Run the child ``start()`` makes again and again until it ends well: the first
+    ``kills`` runs are killed (SIGKILL) after a random number (in ``lines``) of its output
+    lines that say "rows" (a batch each), up to ``pause`` seconds later. What
+    ``after_kill()`` said after each kill."""
+    chance = random.Random(os.environ.get("PYTEST_XDIST_WORKER", "") + str(time.time()))
+    found: list[T] = []
+    for _ in range(20):
+        child = start()
+        assert child.stdout is not None
+        timer = threading.Timer(deadline, child.kill)
+        timer.start()
+        try:
+            left = chance.randint(*lines) if len(found) < kills else 0
+            output = ""
+            for line in child.stdout if left else ():
+                output += line
+                left -= "rows" in line
+                if left == 0:
+                    time.sleep(chance.uniform(0, pause))
+                    child.send_signal(signal.SIGKILL)
+                    break
+            output += child.stdout.read()
+            child.wait(deadline)
+        finally:
+            timer.cancel()
+        if child.returncode == -signal.SIGKILL:
+            found.append(after_kill())
+            continue
+        assert child.returncode == 0, output
+        return found
+    raise AssertionError(f"{start} did not end well in 20 runs: {found}")

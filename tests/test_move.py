@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from dbfleet import vendors
 from dbfleet.analytics import capture
 from dbfleet.moving import move
 from dbfleet.vendors.base import CHANGES, MOVES
-from tests.children import django_child
+from tests.children import django_child, killed_and_run_again
 from tests.moving.models import Item, Maker, Tag
 from tests.settings import ENGINES
 from tests.test_moving import DEADLINE, PAIRS, delete_all, empty, fill, tables  # noqa: F401
@@ -44,8 +43,8 @@ Through = Item.tags.through
 
 def routed(alias: str) -> Any:
     """The settings that route the moving app to ``alias``."""
-    routes = {**settings.DBFLEET["ROUTES"], "moving": alias}
-    return override_settings(DBFLEET={**settings.DBFLEET, "ROUTES": routes})
+    fleet: dict[str, Any] = settings.DBFLEET
+    return override_settings(DBFLEET={**fleet, "ROUTES": {**fleet["ROUTES"], "moving": alias}})
 
 
 def fleet_move(*args: str) -> str:
@@ -75,7 +74,7 @@ class Writer:
         what = chance.choice(("create", "create", "update", "delete")) if self.items else "create"
         name = f"w{self.writes}-{chance.randrange(10**6)}"
         tags = frozenset(chance.sample(self.tags, chance.randint(0, 2)))
-        key = chance.choice(sorted(self.items)) if self.items else None
+        key = chance.choice(sorted(self.items)) if self.items else 0
         try:
             with transaction.atomic(using=self.alias):
                 if what == "create":
@@ -101,7 +100,6 @@ class Writer:
                 return True
             self.refused = error
             return False
-        assert key is not None
         if what == "delete":
             del self.items[key]
         else:
@@ -254,7 +252,9 @@ def test_finish_is_refused_until_the_routes_send_the_models_to_the_target() -> N
     with pytest.raises(CommandError, match=r"moving.Item is routed to 'default'.*ROUTES"):
         fleet_move("--finish")
     # Nothing was fenced: the application still writes.
-    Item.objects.using("default").filter(pk=Item.objects.using("default").first().pk).delete()
+    Item.objects.using("default").filter(
+        pk=Item.objects.using("default").earliest("pk").pk
+    ).delete()
     with pytest.raises(CommandError, match="in a move from 'default' to 'loans' already"):
         fleet_move("moving", "--to", "books")
     with routed("loans"):
@@ -308,7 +308,9 @@ def test_a_start_stopped_before_its_triggers_were_made_makes_them_when_run_again
     capture.install(connection, {})
     assert not vendors.of(connection).captured_tables(connection)
     fleet_move("moving", "--to", "loans")
-    Item.objects.using("default").filter(pk=Item.objects.using("default").first().pk).delete()
+    Item.objects.using("default").filter(
+        pk=Item.objects.using("default").earliest("pk").pk
+    ).delete()
     Maker.objects.using("default").update(name="renamed")
     with routed("loans"):
         fleet_move("--finish")
@@ -392,46 +394,24 @@ def test_the_tables_the_target_lacks_are_made_and_their_migrations_recorded() ->
 def test_a_move_killed_at_random_moments_and_run_again_loses_nothing() -> None:
     fill("default", items=400)
     writer = Writer("default", seed=7)
-    chance = random.Random(time.time())
     databases = {alias: connections[alias].settings_dict for alias in ("default", "books", "loans")}
-    kills = 0
     stop = threading.Event()
     with Threads([lambda: writer.run(stop)]):
         try:
-            for _ in range(10):
-                child = django_child(
+            # Killed after a random number of the copy's batches, a moment later.
+            kills = killed_and_run_again(
+                lambda: django_child(
                     "tests.moving.child_settings", databases,
                     "fleet", "move", "moving", "--to", "books", "--batch-size", "20", "-v", "2",
-                )  # fmt: skip
-                assert child.stdout is not None
-                timer = threading.Timer(DEADLINE, child.kill)
-                timer.start()
-                try:
-                    # Killed after a random number of the copy's batches, a moment later.
-                    lines = chance.randint(1, 40) if kills < 3 else 0
-                    output = ""
-                    for line in child.stdout if lines else ():
-                        output += line
-                        lines -= "rows" in line
-                        if lines == 0:
-                            time.sleep(chance.uniform(0, 0.05))
-                            child.send_signal(signal.SIGKILL)
-                            break
-                    output += child.stdout.read()
-                    child.wait(DEADLINE)
-                finally:
-                    timer.cancel()
-                if child.returncode == -signal.SIGKILL:
-                    kills += 1
-                    continue
-                assert child.returncode == 0, output
-                break
+                ),
+                lambda: None, lines=(1, 40), pause=0.05, deadline=DEADLINE,
+            )  # fmt: skip
             writer.wait_for(5)
             with routed("books"):
                 move.finish()
         finally:
             stop.set()
-    assert kills == 3
+    assert len(kills) == 3
     assert held("books") == writer.items
 
 

@@ -11,12 +11,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-import os
-import random
-import signal
 import subprocess
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -33,7 +28,7 @@ from django.test import override_settings
 
 from dbfleet.moving.copy import CHECKPOINTS, copy_models, read_checkpoint
 from dbfleet.values import canonical
-from tests.children import django_child
+from tests.children import django_child, killed_and_run_again
 from tests.moving.models import Item, Maker, Tag
 from tests.settings import ENGINES
 
@@ -424,32 +419,9 @@ def kill_and_resume(label: str, copied: Callable[[], int]) -> list[int]:
     what ``copied()`` said after each kill."""
     # --resume from the start: on an empty target it starts at the first key.
     arguments = [label, "--from", "default", "--to", "books", "--batch-size", "50", "--resume"]
-    chance = random.Random(os.environ.get("PYTEST_XDIST_WORKER", "") + str(time.time()))
-    after_kills: list[int] = []
-    for _ in range(20):
-        child = child_copy(*arguments, "-v", "2")
-        assert child.stdout is not None
-        timer = threading.Timer(DEADLINE, child.kill)
-        timer.start()
-        try:
-            # Killed after a random number of batches (each line: one committed), then
-            # a random moment later, inside the next one.
-            lines = chance.randint(2, 30) if len(after_kills) < 3 else 0
-            output = ""
-            for line in child.stdout if lines else ():
-                output += line
-                lines -= "rows" in line
-                if lines == 0:
-                    time.sleep(chance.uniform(0, 0.01))
-                    child.send_signal(signal.SIGKILL)
-                    break
-            output += child.stdout.read()
-            child.wait(DEADLINE)
-        finally:
-            timer.cancel()
-        if child.returncode == -signal.SIGKILL:
-            after_kills.append(copied())
-            continue
-        assert child.returncode == 0, output
-        return after_kills
-    raise AssertionError(f"fleet copy {label} did not end in 20 runs: {after_kills}")
+    # Killed after a random number of batches (each line: one committed), then a random
+    # moment later, inside the next one.
+    return killed_and_run_again(
+        lambda: child_copy(*arguments, "-v", "2"), copied, lines=(2, 30), pause=0.01,
+        deadline=DEADLINE,
+    )  # fmt: skip
