@@ -435,3 +435,12 @@ def test_a_missing_many_to_many_table_alone_is_made() -> None:
         editor.delete_model(Through)
     fleet_move("moving", "--to", "loans")
     assert Through.objects.using("loans").count() == Through.objects.using("default").count() > 0
+
+
+def test_a_target_with_rows_is_refused_with_the_comparison_to_make() -> None:
+    fill("default", items=5)
+    Tag.objects.using("books").create(label="already there")
+    with pytest.raises(CommandError, match=r"moving.Tag \(1 rows\) already.*fleet verify mov"):
+        fleet_move("moving", "--to", "books")
+    assert move.move_status() == []
+    assert not vendors.of(connections["default"]).captured_tables(connections["default"])

@@ -344,6 +344,14 @@ def planned(
             "rows that are no longer there, so --resume would skip them. Run it without "
             "--resume: it copies everything again."
         )
+    if occupied and create is not None:
+        raise CommandError(
+            f"Nothing was copied: {to!r} has rows of {', '.join(occupied)} already, and "
+            "fleet move copies only into empty tables. `manage.py fleet verify "
+            f"{' '.join(m._meta.label for m in picked if not m._meta.auto_created)} "
+            f"--between {source} {to}` names the "
+            "rows on one side only or different: settle them by hand (stop writes first)."
+        )
     if occupied:
         raise CommandError(
             f"Nothing was copied: {to!r} has rows of {', '.join(occupied)} already. "

@@ -287,6 +287,15 @@ def start(
             "MariaDB/MySQL or SQLite on a primary): stop writes, then use fleet copy."
         )
     comparable(picked, origin, to)
+    with exclusive(origin, to):
+        move = _current(origin, to, picked)
+        report = MoveReport(move or Move(origin, to, [], COPYING, time.time()))
+        _start(report, move, labels, batch_size, progress)
+    return report
+
+
+def _current(origin: str, to: str, picked: Sequence[Model]) -> Move | None:
+    """The move of ``picked`` to ``to`` going on, if any; CommandError if it cannot go on."""
     going = {
         model: move for move in recorded(origin) if move.phase != FINISHED for model in move.models
     }
@@ -311,10 +320,7 @@ def start(
             f"The move of {move.named()} is finishing (the source is fenced): run "
             f"`manage.py fleet move {move.named()} --finish` again, or --abort."
         )
-    report = MoveReport(move or Move(origin, to, [], COPYING, time.time()))
-    with exclusive(origin, to):
-        _start(report, move, labels, batch_size, progress)
-    return report
+    return move
 
 
 def _start(
