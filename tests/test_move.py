@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -420,11 +421,13 @@ def test_an_abort_stopped_half_way_is_ended_by_running_it_again() -> None:
     fleet_move("moving", "--to", "books")
     (one,) = move.in_progress()
     move._set_phase(one, "aborted")  # As an abort killed after its first step.
-    with pytest.raises(CommandError, match="is being aborted: run `manage.py fleet move --abort`"):
+    with pytest.raises(CommandError, match="is being aborted") as refused:
         fleet_move("moving", "--to", "books")
     with routed("books"), pytest.raises(CommandError, match="is being aborted"):
         fleet_move("--finish")
-    fleet_move("--abort")
+    # As the refusal says.
+    (advised,) = re.findall(r"`manage.py fleet move ([^`]*--abort)`", str(refused.value))
+    fleet_move(*advised.split()[1:])
     assert not Item.objects.using("books").exists()
     assert move.move_status() == []
 

@@ -133,6 +133,16 @@ def relations(model: Model) -> list[tuple[models.Field[Any, Any], Model]]:
     ]
 
 
+def written_fields(model: Model) -> list[models.Field[Any, Any]]:
+    """The columns of ``model``'s own table that a copy writes: all but generated ones
+    (the target computes those)."""
+    return [
+        field
+        for field in model._meta.local_concrete_fields
+        if not getattr(field, "generated", False)
+    ]
+
+
 def in_dependency_order(chosen: Sequence[Model]) -> list[Model]:
     """``chosen``, each after the models its foreign keys point to (cycles: as given)."""
     among, ordered, done = set(chosen), list[Model](), set[Model]()
@@ -455,7 +465,7 @@ def _copy_batches(
 ) -> ModelCopy:
     started = time.perf_counter()
     meta = model._meta
-    fields = list(meta.local_concrete_fields)
+    fields = written_fields(model)
     attnames = [field.attname for field in fields]
     columns = [str(field.column) for field in fields]
     everything = model._base_manager.using(source).order_by("pk")

@@ -57,6 +57,7 @@ from dbfleet.moving.copy import (
     in_dependency_order,
     planned,
     reset_sequences,
+    written_fields,
 )
 from dbfleet.moving.verify import VerifyReport, comparable, verify_models
 from dbfleet.transactions.guard import unguarded
@@ -123,7 +124,7 @@ def recorded(alias: str) -> list[Move]:
     with connection.cursor() as cursor:
         if MOVES not in connection.introspection.table_names(cursor):
             return []
-        cursor.execute(f"SELECT model, target, phase, started, backup FROM {MOVES}")
+        cursor.execute(f"SELECT model, target, phase, started, backup FROM {MOVES} ORDER BY model")
         rows = cursor.fetchall()
     grouped: dict[tuple[str, float], Move] = {}
     for label, target, phase, started, backup in rows:
@@ -312,13 +313,13 @@ def _current(origin: str, to: str, picked: Sequence[Model]) -> Move | None:
                 )
     if move is not None and move.phase == ABORTED:
         raise CommandError(
-            f"The move of {move.named()} is being aborted: run `manage.py fleet move --abort` "
-            "again to end that, then start a new one."
+            f"The move of {move.named()} is being aborted: run `manage.py fleet move "
+            f"{move.named()} --abort` again to end that, then start a new one."
         )
     if move is not None and move.phase == FINISHING:
         raise CommandError(
             f"The move of {move.named()} is finishing (the source is fenced): run "
-            f"`manage.py fleet move {move.named()} --finish` again, or --abort."
+            f"`manage.py fleet move {move.named()} --finish` again."
         )
     return move
 
@@ -461,8 +462,9 @@ def check(report: MoveReport, *, exact: bool = False) -> None:
             f"{move.target!r} with no change logged to explain it: {shown}. See them with "
             f"`manage.py fleet verify {move.named()} --between {move.source} {move.target}`; "
             f"a row written to {move.target!r} by the application or by hand does this. "
-            "Make the rows agree, then run the command again (`fleet move --abort`, while "
-            "the routes send the models to the source, empties the target's tables)."
+            f"Make the rows agree, then run the command again (`fleet move {move.named()} "
+            "--abort`, while the routes send the models to the source, empties the target's "
+            "tables)."
         )
 
 
@@ -543,7 +545,7 @@ def _rows(
         keys = {*here.values_list("pk", flat=True), *there.values_list("pk", flat=True)}
     else:
         keys = {_key(model, change.pk) for change in changes}
-    attnames = [field.attname for field in model._meta.local_concrete_fields]
+    attnames = [field.attname for field in written_fields(model)]
     rows: dict[Any, tuple[Any, ...]] = {}
     present: set[Any] = set()
     ordered = sorted(keys)
@@ -571,7 +573,7 @@ def _write(model: Model, move: Move, there: Any, rows: dict[Any, tuple[Any, ...]
     """Write ``rows`` (key -> values) of ``model`` to the target: updated where it has the
     key, inserted where it has not."""
     meta = model._meta
-    fields = list(meta.local_concrete_fields)
+    fields = written_fields(model)
     attnames = [field.attname for field in fields]
     target = connections[move.target]
     present = set()
@@ -629,7 +631,8 @@ def _refuse_finish(move: Move) -> None:
         raise CommandError(
             f"Nothing was changed: the move of {move.named()} to {move.target!r} is "
             + (
-                "being aborted: run `manage.py fleet move --abort` again to end that."
+                f"being aborted: run `manage.py fleet move {move.named()} --abort` again to "
+                "end that."
                 if move.phase == ABORTED
                 else f"still copying. With the routes sending them to {move.source!r}, run "
                 f"`manage.py fleet move {move.named()} --from {move.source} --to "
@@ -646,7 +649,8 @@ def _refuse_finish(move: Move) -> None:
             "Nothing was changed: "
             + ", ".join(f"{label} is routed to {alias!r}" for label, alias in stale.items())
             + f". Change ROUTES to send them to {move.target!r}, then run "
-            "`manage.py fleet move --finish` with those settings, before their processes "
+            f"`manage.py fleet move {move.named()} --finish` with those settings, before their "
+            "processes "
             "take writes."
         )
 
@@ -669,7 +673,16 @@ def _finish(move: Move) -> MoveReport:
             report.applied += applied
         check(report, exact=True)
         report.copy = CopyReport(move.target)
-        check_copied(move.models, move.target, report.copy)
+        try:
+            check_copied(move.models, move.target, report.copy)
+        except CommandError as error:
+            raise CommandError(
+                f"Some rows on {move.target!r} point to rows that are not there "
+                f"({error.__cause__}), although both sides are the same: the source's rows "
+                f"point there too. Nothing is renamed, and {move.source!r} refuses writes to "
+                f"these models: make the rows agree on both, then run `manage.py fleet move "
+                f"{move.named()} --finish` again."
+            ) from error
         # The names first: a finish stopped while renaming goes on with them.
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
         length = source.ops.max_name_length() or 200
@@ -699,7 +712,12 @@ def abort(labels: Sequence[str] = ()) -> list[Move]:
     for move in moves:
         with exclusive(move.source, move.target):
             again = _again(move) or next(
-                (now for now in recorded(move.source) if now.phase == ABORTED), None
+                (
+                    now
+                    for now in recorded(move.source)
+                    if now.phase == ABORTED and set(now.models) == set(move.models)
+                ),
+                None,
             )
             if again is None:  # Finished or aborted meanwhile by another command.
                 continue
@@ -714,7 +732,7 @@ def _refuse_abort(move: Move) -> None:
         raise CommandError(
             f"Nothing was changed: the move of {move.named()} was renaming the tables on "
             f"{move.source!r} (to {', '.join(move.backups.values())}): end it with "
-            "`manage.py fleet move --finish`."
+            f"`manage.py fleet move {move.named()} --finish`."
         )
     if there := [
         model._meta.label

@@ -192,6 +192,7 @@ def write_moves(out: Out, report: FleetStatus) -> None:
             "copying": f"`manage.py fleet move {named} --from {move.source} --to "
             f"{move.target}` copies them again",
             "finishing": f"`manage.py fleet move {named} --finish` again ends it",
+            "aborted": f"`manage.py fleet move {named} --abort` again ends the abort",
         }.get(
             move.phase,
             f"route them to {move.target!r}; with those settings, "
@@ -199,7 +200,8 @@ def write_moves(out: Out, report: FleetStatus) -> None:
         )
         out.write(
             f"{heading(models)} (moving {where}): {move.phase}; {move.backlog:,} changes "
-            f"not applied yet{lag}. Next: {after} (or --abort undoes it)."
+            f"not applied yet{lag}. Next: {after}"
+            + ("." if move.phase == "aborted" else f" (or `fleet move {named} --abort`).")
         )
 
 
