@@ -447,3 +447,14 @@ def test_a_target_with_rows_is_refused_with_the_comparison_to_make() -> None:
         fleet_move("moving", "--to", "books")
     assert move.move_status() == []
     assert not vendors.of(connections["default"]).captured_tables(connections["default"])
+
+
+def test_rows_updated_one_by_one_where_a_delete_would_cascade_lose_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As for a model a database-level on_delete (Django 6's DB_CASCADE) points to.
+    monkeypatch.setattr(move, "_rewritten", lambda model: False)
+    fill("default", items=60)
+    writer = Writer("default", seed=11)
+    _move("default", "books", between=lambda: [writer.write() for _ in range(10)])
+    assert held("books") == writer.items

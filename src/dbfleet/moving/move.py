@@ -511,19 +511,15 @@ def catch_up(move: Move) -> list[capture.Change]:
             }
             every = [change for changes in logged.values() for change in changes]
             if every:
-                rows = {model: _rows(model, move, changes) for model, changes in logged.items()}
+                keys = {model: _changed(model, move, changes) for model, changes in logged.items()}
                 with transaction.atomic(using=move.target):
-                    # Rows gone (and, but where _rewritten says no, changed) first, then the
-                    # rows written: a unique value that went from one row to another, or two
-                    # rows that swapped one, are free when written.
+                    # The changed rows deleted first, then written as the source has them:
+                    # a unique value that went from one row to another, or two rows that
+                    # swapped one, are free when written.
                     for model in reversed(move.models):
-                        there, gone = rows[model][0], rows[model][2]
-                        for start in range(0, len(gone), CHUNK):
-                            there.filter(pk__in=gone[start : start + CHUNK])._raw_delete(
-                                move.target
-                            )
+                        _delete(model, move, keys[model])
                     for model in move.models:
-                        _write(model, move, rows[model][0], rows[model][1])
+                        _write(model, move, keys[model])
     finally:
         if disabled:
             target.enable_constraint_checking()
@@ -534,72 +530,83 @@ def catch_up(move: Move) -> list[capture.Change]:
     return every
 
 
-def _rows(
-    model: Model, move: Move, changes: Sequence[capture.Change]
-) -> tuple[Any, dict[Any, tuple[Any, ...]], list[Any]]:
-    """(the target's manager, the source's rows of the changed keys, the changed keys to
-    delete on the target: gone from the source, or all, where they are rewritten)."""
-    there = model._base_manager.using(move.target)
-    here = model._base_manager.using(move.source)
+def _changed(model: Model, move: Move, changes: Sequence[capture.Change]) -> list[Any]:
+    """The keys ``changes`` name, in order (``R``: every key on either side)."""
     if any(change.op == RELOAD for change in changes):  # Every row may have changed.
-        keys = {*here.values_list("pk", flat=True), *there.values_list("pk", flat=True)}
+        keys = {
+            *model._base_manager.using(move.source).values_list("pk", flat=True),
+            *model._base_manager.using(move.target).values_list("pk", flat=True),
+        }
     else:
         keys = {_key(model, change.pk) for change in changes}
-    attnames = [field.attname for field in written_fields(model)]
-    rows: dict[Any, tuple[Any, ...]] = {}
-    present: set[Any] = set()
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), CHUNK):
-        chunk = ordered[start : start + CHUNK]
-        rows |= {row[0]: row[1:] for row in here.filter(pk__in=chunk).values_list("pk", *attnames)}
-        present |= set(there.filter(pk__in=chunk).values_list("pk", flat=True))
-    if _rewritten(model):
-        return there, rows, [key for key in ordered if key in present]
-    return there, rows, [key for key in ordered if key not in rows and key in present]
+    return sorted(keys)
+
+
+def _chunks(keys: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(keys), CHUNK):
+        yield keys[start : start + CHUNK]
 
 
 def _rewritten(model: Model) -> bool:
-    """Whether ``model``'s changed rows are deleted and inserted again, a chunk at a time
-    (foreign keys are not checked meanwhile), rather than updated one by one: unless a
-    relation to it acts in the database when a row is deleted (Django's ``DB_CASCADE``
-    and its kin), which the delete would set off."""
+    """Whether ``model``'s changed rows are deleted and inserted again (foreign keys are not
+    checked meanwhile), rather than updated one by one: unless a relation to it acts in the
+    database when a row is deleted (Django's ``DB_CASCADE`` and its kin), which the delete
+    would set off."""
     return not any(
         getattr(relation.on_delete, "__name__", "").startswith("DB_")
         for relation in model._meta.related_objects
     )
 
 
-def _write(model: Model, move: Move, there: Any, rows: dict[Any, tuple[Any, ...]]) -> None:
-    """Write ``rows`` (key -> values) of ``model`` to the target: updated where it has the
-    key, inserted where it has not."""
+def _delete(model: Model, move: Move, keys: Sequence[Any]) -> None:
+    """Delete ``model``'s rows of ``keys`` on the target: all (rewritten), or those the
+    source no longer has."""
+    there = model._base_manager.using(move.target)
+    here = model._base_manager.using(move.source)
+    for chunk in _chunks(keys):
+        if not _rewritten(model):
+            kept = set(here.filter(pk__in=chunk).values_list("pk", flat=True))
+            chunk = [key for key in chunk if key not in kept]
+        there.filter(pk__in=chunk)._raw_delete(move.target)
+
+
+def _write(model: Model, move: Move, keys: Sequence[Any]) -> None:
+    """Write the source's rows of ``keys`` to the target: inserted (by binary COPY between
+    PostgreSQL databases whose columns agree), or, where not rewritten, updated where the
+    target has the key."""
     meta = model._meta
     fields = written_fields(model)
     attnames = [field.attname for field in fields]
-    target = connections[move.target]
-    present = set()
-    keys = sorted(rows)
-    for start in range(0, len(keys), CHUNK):
-        present |= set(
-            there.filter(pk__in=keys[start : start + CHUNK]).values_list("pk", flat=True)
-        )
-    new = []
-    for key in keys:
-        if key in present:
-            there.filter(pk=key).update(**dict(zip(attnames, rows[key], strict=True)))
-        else:
-            new.append(
-                [
-                    field.get_db_prep_save(value, connection=target)
-                    for field, value in zip(fields, rows[key], strict=True)
-                ]
-            )
-    for start in range(0, len(new), CHUNK):
-        vendors.of(target).write_rows(
-            target,
-            meta.db_table,
-            [str(field.column) for field in fields],
-            new[start : start + CHUNK],
-        )
+    columns = [str(field.column) for field in fields]
+    reading, target = connections[move.source], connections[move.target]
+    vendor, there = vendors.of(reading), model._base_manager.using(move.target)
+    binary: bool | None = None  # Asked with the first chunk's statement.
+    for chunk in _chunks(keys):
+        rows = model._base_manager.using(move.source).filter(pk__in=chunk).values_list(*attnames)
+        present: set[Any] = set()
+        if not _rewritten(model):
+            present = set(there.filter(pk__in=chunk).values_list("pk", flat=True))
+        elif binary is not False:
+            sql, params = rows.order_by().query.get_compiler(move.source).as_sql()
+            if binary is None:
+                binary = vendor.copies_as_is(reading, sql, params, target, meta.db_table, columns)
+            if binary:
+                vendor.copy_rows(reading, sql, params, target, meta.db_table, columns)
+                continue
+        new = []
+        for row in rows:
+            key = row[attnames.index(meta.pk.attname)]
+            if key in present:
+                there.filter(pk=key).update(**dict(zip(attnames, row, strict=True)))
+            else:
+                new.append(
+                    [
+                        field.get_db_prep_save(value, connection=target)
+                        for field, value in zip(fields, row, strict=True)
+                    ]
+                )
+        if new:
+            vendors.of(target).write_rows(target, meta.db_table, columns, new)
 
 
 def finish(labels: Sequence[str] = ()) -> list[MoveReport]:
