@@ -7,11 +7,12 @@ through phases, kept in ``dbfleet_move`` on the source, a row for each model:
     The source's change capture (the triggers of :mod:`dbfleet.analytics.capture`)
     logs every change of the models' tables under the move's own label, from
     before the first row is read; then the rows are copied as ``fleet copy`` copies
-    them, a batch at a time, resumable.
+    them, a batch at a time, all read from one snapshot of the source (a copy that
+    stops is started again from the first row).
 ``following``
     A catch-up reads the logged changes, and the rows they name, from one snapshot
-    of the source; it writes those rows to the target (or deletes those that are
-    gone) in one transaction, and then deletes the log rows it applied (a catch-up
+    of the source; it deletes those keys on the target and writes the source's rows
+    of them in one transaction, and then deletes the log rows it applied (a catch-up
     killed before that applies them again, which changes nothing). The target then
     holds the source as of that snapshot. A comparison made meanwhile may only
     find rows that have a change logged since; any other difference stops the move.
@@ -22,10 +23,14 @@ through phases, kept in ``dbfleet_move`` on the source, a row for each model:
     writes any more), and the source's tables renamed, kept as a backup; the
     move's capture is dropped.
 
-``--abort``, before the move is finished, drops its capture, its log rows, the
-fence if there is one, and the rows it copied to the target: the source is as it
-was. A writer that commits while the move runs is never missed: its log row
-commits with its rows, and every log row is applied before it is deleted.
+``aborted``
+    ``--abort``, before the move is finished, drops its capture, its log rows, the
+    fence if there is one, and the rows it copied to the target: the source is as
+    it was.
+
+One command at a time works on the moves between two databases (a session lock).
+A writer that commits while the move runs is never missed: its log row commits
+with its rows, and every log row is applied before it is deleted.
 """
 
 from __future__ import annotations
