@@ -7,7 +7,9 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import migrations, models
 from django.test import override_settings
 
@@ -265,3 +267,15 @@ def test_lint_reports_each_problem_of_an_operation() -> None:
     # The plan marks each operation with its first finding.
     assert "! has hints={'target_db': 5}" in stdout.getvalue()
     assert "cannot run: a target_db of 5 crashes migrate" in stdout.getvalue()
+
+
+def test_a_database_nothing_is_routed_to_is_not_migrated_and_says_why() -> None:
+    fleet: dict[str, Any] = settings.DBFLEET
+    routes = {key: alias for key, alias in fleet["ROUTES"].items() if alias != "loans"}
+    with (
+        override_settings(DBFLEET={**fleet, "ROUTES": routes}),
+        pytest.raises(CommandError, match="Nothing is routed to 'loans', so migrating it"),
+    ):
+        call_command("fleet", "migrate", "--database", "loans")
+    with pytest.raises(CommandError, match="'replica' is never migrated: it is a replica"):
+        call_command("fleet", "migrate", "--database", "replica")

@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from dbfleet.migrating.plan import migratable_databases
+from dbfleet.migrating.plan import migratable_databases, primary_databases
 
 
 def jsonable(value: Any) -> Any:
@@ -162,9 +162,17 @@ def chosen_databases(databases: list[str] | None) -> list[str]:
     """The ``--database`` choices (checked), else every migratable database."""
     migratable = migratable_databases()
     for alias in databases or ():
-        if alias not in migratable:
+        if alias in migratable:
+            continue
+        if alias in primary_databases():
             raise CommandError(
-                f"{alias!r} is never migrated: it is a replica or a test mirror. "
-                f"Migrate its primary instead; migratable: {', '.join(migratable)}."
+                f"Nothing is routed to {alias!r}, so migrating it would only record every "
+                "migration as applied there. Route an app or a model to it first (`fleet "
+                f"move` makes the tables of the models it moves there); migratable: "
+                f"{', '.join(migratable)}."
             )
+        raise CommandError(
+            f"{alias!r} is never migrated: it is a replica or a test mirror. "
+            f"Migrate its primary instead; migratable: {', '.join(migratable)}."
+        )
     return list(dict.fromkeys(databases)) if databases else migratable
