@@ -116,20 +116,25 @@ def install(
     present = vendor.captured_tables(connection) if CHANGES in tables else {}
     if not wanted and not present:
         return []
+    changing = {
+        table: (pk_column, labels)
+        for table, (pk_column, labels) in wanted.items()
+        if present.get(table) != vendor.capture_definition(connection, table, pk_column, labels)
+    }
+    dropped = set(present) - set(wanted)
     reload: list[str] = []
     with transaction.atomic(using=connection.alias):
-        vendor.lock_for_triggers(connection, sorted(set(wanted) | set(present)))
+        # Only the tables whose triggers change: a migrate that changes none locks none.
+        vendor.lock_for_triggers(connection, sorted({*changing, *dropped}))
         vendor.install_change_log(connection)
-        for table, (pk_column, labels) in sorted(wanted.items()):
+        for table, (pk_column, labels) in sorted(changing.items()):
             old = present.get(table)
-            if old == vendor.capture_definition(connection, table, pk_column, labels):
-                continue
             vendor.install_capture(connection, table, pk_column, labels)
             # A copy the old triggers already logged for lost nothing.
             added = [label for label in labels if old is None or vendors.literal(label) not in old]
             log_reload(connection, added)
             reload += added
-        for table in sorted(set(present) - set(wanted)):
+        for table in sorted(dropped):
             vendor.remove_capture(connection, table)
     return reload
 

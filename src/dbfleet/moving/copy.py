@@ -162,9 +162,14 @@ def in_dependency_order(chosen: Sequence[Model]) -> list[Model]:
 
 
 def _refusals(
-    chosen: Sequence[Model], sources: dict[Model, str], to: str, missing_ok: bool = False
+    chosen: Sequence[Model],
+    sources: dict[Model, str],
+    to: str,
+    tables: set[str],
+    missing_ok: bool = False,
 ) -> list[str]:
-    """What stops the copy before it writes anything, one line each."""
+    """What stops the copy before it writes anything, one line each (``tables``: the
+    target's)."""
     problems = []
     target = connections[to]
     if not target.features.supports_transactions:
@@ -174,7 +179,6 @@ def _refusals(
         )
         return problems
     topology = get_topology()
-    tables = set(target.introspection.table_names())
     for model in chosen:
         label, source = model._meta.label, sources[model]
         if topology.shard_group_for(model) is not None:
@@ -329,7 +333,7 @@ def planned(
     sources = {model: source or router.db_for_write(model) for model in picked}
     tables = set(connections[to].introspection.table_names())
     missing = [model for model in picked if model._meta.db_table not in tables]
-    if problems := _refusals(picked, sources, to, missing_ok=create is not None):
+    if problems := _refusals(picked, sources, to, tables, missing_ok=create is not None):
         raise CommandError("Nothing was copied:\n  " + "\n  ".join(problems))
     ordered = in_dependency_order(picked)
     if create is not None and missing:

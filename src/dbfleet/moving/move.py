@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, router, transaction
@@ -70,6 +70,7 @@ from dbfleet.values import canonical
 from dbfleet.vendors.base import ABORTED, FINISHED, MOVES, RELOAD
 
 COPYING, FOLLOWING, FINISHING = "copying", "following", "finishing"
+T = TypeVar("T")
 #: Keys read from the source, or written to the target, with one statement.
 CHUNK = 500
 #: Catch-ups of one run before it settles for a comparison of a source still written.
@@ -617,25 +618,31 @@ def _write(model: Model, move: Move, keys: Sequence[Any]) -> None:
 def finish(labels: Sequence[str] = ()) -> list[MoveReport]:
     """Fence each move's source, apply its last changes, compare, keep its tables as a
     backup; the settings must route its models to the target already."""
-    moves = in_progress(labels)
+    return _one_at_a_time(in_progress(labels), _refuse_finish, _finish)
+
+
+def _one_at_a_time(
+    moves: Sequence[Move],
+    refuse: Callable[[Move], None],
+    act: Callable[[Move], T],
+    *,
+    aborting: bool = False,
+) -> list[T]:
+    """``act`` on each of ``moves`` once all pass ``refuse``: on the move as its source
+    records it again under its lock, skipped if another command ended it since
+    (``aborting``: one being aborted is not ended). What ``act`` returned."""
     for move in moves:
-        _refuse_finish(move)
-    reports = []
+        refuse(move)
+    ended = {FINISHED} if aborting else {FINISHED, ABORTED}
+    done = []
     for move in moves:
         with exclusive(move.source, move.target):
-            again = _again(move)
-            if again is not None:  # Not finished or aborted meanwhile by another command.
-                _refuse_finish(again)
-                reports.append(_finish(again))
-    return reports
-
-
-def _again(move: Move) -> Move | None:
-    """``move`` as its source records it now (under the lock), if still in progress."""
-    for now in recorded(move.source):
-        if now.phase not in (FINISHED, ABORTED) and set(now.models) == set(move.models):
-            return now
-    return None
+            for now in recorded(move.source):
+                if now.phase not in ended and set(now.models) == set(move.models):
+                    refuse(now)
+                    done.append(act(now))
+                    break
+    return done
 
 
 def _refuse_finish(move: Move) -> None:
@@ -717,26 +724,7 @@ def _finish(move: Move) -> MoveReport:
 def abort(labels: Sequence[str] = ()) -> list[Move]:
     """Undo each move not finished: its capture, log and fence on the source, its rows on
     the target. Refused while the routes send its models to the target."""
-    moves = in_progress(labels)
-    for move in moves:
-        _refuse_abort(move)
-    undone = []
-    for move in moves:
-        with exclusive(move.source, move.target):
-            again = _again(move) or next(
-                (
-                    now
-                    for now in recorded(move.source)
-                    if now.phase == ABORTED and set(now.models) == set(move.models)
-                ),
-                None,
-            )
-            if again is None:  # Finished or aborted meanwhile by another command.
-                continue
-            _refuse_abort(again)
-            _abort(again)
-            undone.append(again)
-    return undone
+    return _one_at_a_time(in_progress(labels), _refuse_abort, _abort, aborting=True)
 
 
 def _refuse_abort(move: Move) -> None:
@@ -759,7 +747,7 @@ def _refuse_abort(move: Move) -> None:
         )
 
 
-def _abort(move: Move) -> None:
+def _abort(move: Move) -> Move:
     """Each step undone in an order a rerun can go on from: the move marked aborted (its
     triggers go, as for no move), the fence, the target's rows, then its record."""
     source = connections[move.source]
@@ -772,6 +760,7 @@ def _abort(move: Move) -> None:
     with transaction.atomic(using=move.source), source.cursor() as cursor:
         for model in move.models:
             cursor.execute(f"DELETE FROM {MOVES} WHERE model = %s", [model._meta.label])
+    return move
 
 
 def _empty(alias: str, models: Iterable[Model], source: str) -> None:

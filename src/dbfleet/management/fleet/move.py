@@ -26,7 +26,8 @@ DESCRIPTION = (
     "copies the rows as fleet copy does, applies the changes written meanwhile, and "
     "compares both sides; run again, it goes on where it stopped (with --follow it keeps "
     "applying changes until interrupted). Then change ROUTES to send the models to the "
-    "new database and deploy; --finish refuses every write to the old tables (a process "
+    "new database and, with those settings, run --finish as the deploy begins, before "
+    "processes on the new routes write: it refuses every write to the old tables (a process "
     "still on the old routes fails instead of writing there), applies the last changes, "
     "compares both sides exactly and keeps the old tables, renamed, as a backup. --abort, "
     "before --finish, drops the triggers and the log and empties the new database's "
@@ -89,11 +90,12 @@ def handle(
 ) -> None:
     if to is None and (source or follow):
         raise CommandError("--from and --follow go with --to (the start of a move).")
+    talk = format == "text" and verbosity >= 1
     if abort:
         undone = move.abort(models)
         documents = [described(one) for one in undone]
         for one in undone:
-            if format == "text" and verbosity >= 1:
+            if talk:
                 out.write(
                     f"Aborted the move of {one.named()} from {one.source} to {one.target}: "
                     f"{one.source} is as it was (no triggers, no log); the tables on "
@@ -103,7 +105,7 @@ def handle(
         reports = move.finish(models)
         documents = [described(report.move, report) for report in reports]
         for report in reports:
-            if format == "text" and verbosity >= 1:
+            if talk:
                 write_finished(out, report)
     else:
         assert to is not None
@@ -111,12 +113,12 @@ def handle(
             raise CommandError("Name the models to move (app_label.ModelName or app_label).")
         with bars(out, verbosity if format == "text" else 0) as progress:
             report = move.start(models, to, source, batch_size=batch_size, progress=progress)
-        if format == "text" and verbosity >= 1:
+        if talk:
             if report.copy is not None:
                 write_copy(out, report.copy)
             write_following(out, report)
         if follow:
-            keep_following(out, report, format == "text" and verbosity >= 1)
+            keep_following(out, report, talk)
         documents = [described(report.move, report)]
     if format == "json":
         out.json(documents)

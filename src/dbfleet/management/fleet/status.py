@@ -16,7 +16,9 @@ from dbfleet.management.fleet.output import (
     grid,
 )
 from dbfleet.migrating.status import State
+from dbfleet.moving.move import COPYING, FINISHING
 from dbfleet.reports import FleetStatus, Reason, ReplicaStatus, fleet_status
+from dbfleet.vendors.base import ABORTED
 
 NAME = "status"
 HELP = "Show migrations x databases, the audit, replica health and lag, in-doubt transactions."
@@ -189,10 +191,10 @@ def write_moves(out: Out, report: FleetStatus) -> None:
         lag = f", the oldest {move.lag:.1f} s old" if move.lag is not None else ""
         named = " ".join(move.models)
         after = {
-            "copying": f"`manage.py fleet move {named} --from {move.source} --to "
+            COPYING: f"`manage.py fleet move {named} --from {move.source} --to "
             f"{move.target}` copies them again",
-            "finishing": f"`manage.py fleet move {named} --finish` again ends it",
-            "aborted": f"`manage.py fleet move {named} --abort` again ends the abort",
+            FINISHING: f"`manage.py fleet move {named} --finish` again ends it",
+            ABORTED: f"`manage.py fleet move {named} --abort` again ends the abort",
         }.get(
             move.phase,
             f"route them to {move.target!r}; with those settings, "
@@ -201,7 +203,7 @@ def write_moves(out: Out, report: FleetStatus) -> None:
         out.write(
             f"{heading(models)} (moving {where}): {move.phase}; {move.backlog:,} changes "
             f"not applied yet{lag}. Next: {after}"
-            + ("." if move.phase == "aborted" else f" (or `fleet move {named} --abort`).")
+            + ("." if move.phase == ABORTED else f" (or `fleet move {named} --abort`).")
         )
 
 
